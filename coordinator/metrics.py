@@ -1,0 +1,57 @@
+"""The coordinator's Prometheus metrics: the job at a glance."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Gauge
+
+if TYPE_CHECKING:
+    from coordinator.app import Coordinator
+
+PHASES = ("waiting", "warmup", "training", "done")
+
+
+class CoordinatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.live_workers = Gauge(
+            "coordinator_live_workers", "Workers holding a lease.", registry=registry
+        )
+        self.phase = Gauge(
+            "coordinator_phase",
+            "1 for the job's current phase, 0 for the others.",
+            ["phase"],
+            registry=registry,
+        )
+        self.global_step = Gauge(
+            "coordinator_global_step", "Lowest version across the shards.", registry=registry
+        )
+        self.steps_target = Gauge(
+            "coordinator_steps_target", "Steps the job trains for.", registry=registry
+        )
+        self.eval_loss = Gauge(
+            "coordinator_eval_loss",
+            "Held-out cross-entropy at the last evaluation.",
+            registry=registry,
+        )
+        self.eval_accuracy = Gauge(
+            "coordinator_eval_accuracy_ratio",
+            "Held-out accuracy at the last evaluation.",
+            registry=registry,
+        )
+        self.eval_step = Gauge(
+            "coordinator_eval_step", "Global step of the last evaluation.", registry=registry
+        )
+
+    def observe_eval(self, step: int, loss: float, accuracy: float) -> None:
+        self.eval_step.set(step)
+        self.eval_loss.set(loss)
+        self.eval_accuracy.set(accuracy)
+
+    def observe_status(self, coordinator: Coordinator) -> None:
+        self.live_workers.set(len(coordinator.workers))
+        self.global_step.set(coordinator.global_step)
+        self.steps_target.set(coordinator.job.steps)
+        current = coordinator.phase
+        for phase in PHASES:
+            self.phase.labels(phase).set(1 if phase == current else 0)

@@ -1,0 +1,225 @@
+"""The shard's HTTP service: push, pull, state and membership, around a ``ShardState``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ps_server.metrics import ShardMetrics
+from ps_server.state import ShardState
+from pscluster.client import make_session, post_json, read_body
+from pscluster.jobspec import Registration
+from pscluster.models import build_model
+from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
+from pscluster.service import add_observability
+from pscluster.settings import ShardSettings
+from pscluster.sharding import slice_part
+
+log = logging.getLogger(__name__)
+
+
+class ShardSlot:
+    """Holds the shard's state once the coordinator has handed it the job (the app's own mapping
+    is frozen after start-up)."""
+
+    def __init__(self) -> None:
+        self.state: ShardState | None = None
+        self.ready = asyncio.Event()
+
+
+SLOT = web.AppKey("shard_slot", ShardSlot)
+SETTINGS = web.AppKey("shard_settings", ShardSettings)
+METRICS = web.AppKey("shard_metrics", ShardMetrics)
+URL = web.AppKey("shard_url", str)
+
+# Longest a pull may long-poll; clients ask for less.
+MAX_WAIT_S = 60.0
+
+
+def initial_params(registration: Registration, index: int) -> dict[str, np.ndarray]:
+    """This shard's parts of the model, initialised from the job seed like every other shard."""
+    job = registration.job
+    model = build_model(
+        job.model, registration.n_features, registration.n_classes, job.hidden_sizes
+    )
+    full = model.init_parameters(job.seed)
+    return {
+        part.key: np.array(slice_part(full[part.param], part), dtype=np.float32, copy=True)
+        for part in registration.shard_map[index]
+    }
+
+
+def frame_response(body: bytes, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(body=body, status=status, content_type=MSGPACK, headers=headers)
+
+
+def refusal(state: ShardState | None, exc: ProtocolError) -> web.Response:
+    version = state.version if state is not None else -1
+    body = error_frame(exc.code, exc.message, version=version)
+    return frame_response(body, exc.status, **{"PS-Status": exc.code.value})
+
+
+def _state(request: web.Request) -> ShardState:
+    state = request.app[SLOT].state
+    if state is None:
+        raise ProtocolError(ErrorCode.NOT_READY, "shard has not received its job yet", 503)
+    return state
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"query {name!r} is not an integer") from None
+
+
+async def handle_push(request: web.Request) -> web.Response:
+    state: ShardState | None = None
+    try:
+        state = _state(request)
+        settings = request.app[SETTINGS]
+        body = await read_body(
+            request.content, request.content_length, int(settings.max_body_mb * 2**20)
+        )
+        state.metrics.bytes_received.inc(len(body))
+        frame = decode_frame(body)
+        header = frame.header
+        worker, rank = header.get("worker"), header.get("rank")
+        base_version, shard = header.get("base_version"), header.get("shard")
+        if not isinstance(worker, str) or not worker:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'worker' must be a non-empty string")
+        for name, value in (("rank", rank), ("base_version", base_version), ("shard", shard)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name!r} must be an integer >= 0")
+        if shard != state.index:
+            raise ProtocolError(ErrorCode.WRONG_SHARD, f"this is shard {state.index}, not {shard}")
+        grads = state.validate_gradients(frame.arrays)
+    except ProtocolError as exc:
+        return refusal(state, exc)
+    assert isinstance(rank, int) and isinstance(base_version, int)
+    verdict = await state.push(worker=worker, rank=rank, base_version=base_version, grads=grads)
+    want_params = bool(header.get("want_params", False))
+    waited = 0.0
+    if verdict.accepted and want_params:
+        # sync: hold the reply until the step completes, so it carries the next version.
+        started = time.perf_counter()
+        await state.wait_for_version(base_version, state.job.push_wait_s)
+        waited = time.perf_counter() - started
+    # Parameters ride along with the reply whenever the worker must go on with newer ones.
+    send_params = want_params and verdict.code not in (
+        ErrorCode.DUPLICATE,
+        ErrorCode.FUTURE_VERSION,
+    )
+    body = state.encoded_params() if send_params else state.status_frame()
+    state.metrics.bytes_sent.inc(len(body))
+    status = 200 if verdict.accepted else (400 if verdict.code is ErrorCode.FUTURE_VERSION else 409)
+    code = "applied" if verdict.code is None else verdict.code.value
+    return frame_response(body, status, **{"PS-Status": code, "PS-Waited": f"{waited:.6f}"})
+
+
+async def handle_params(request: web.Request) -> web.Response:
+    """Pull: the current parameters, long-polling until version > ``after`` (up to ``wait``)."""
+    state: ShardState | None = None
+    try:
+        state = _state(request)
+        after = _int_query(request, "after", -1)
+        try:
+            wait_s = min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
+        except ValueError:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "query 'wait' is not a number") from None
+    except ProtocolError as exc:
+        return refusal(state, exc)
+    if wait_s > 0:
+        await state.wait_for_version(after, wait_s)
+    body = state.encoded_params()
+    state.metrics.bytes_sent.inc(len(body))
+    return frame_response(body)
+
+
+async def handle_state(request: web.Request) -> web.Response:
+    state = request.app[SLOT].state
+    if state is None:
+        return web.json_response({"ready": False, "index": request.app[SETTINGS].shard_index})
+    return web.json_response({"ready": True, **state.snapshot()})
+
+
+async def handle_membership(request: web.Request) -> web.Response:
+    """The coordinator says which workers are live (id -> rank)."""
+    try:
+        state = _state(request)
+        payload = await request.json()
+        members = payload.get("workers") if isinstance(payload, dict) else None
+        if not isinstance(members, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in members.items()
+        ):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'workers' must map worker id to rank")
+    except ProtocolError as exc:
+        return web.json_response(
+            {"error": exc.code.value, "message": exc.message}, status=exc.status
+        )
+    except ValueError:
+        return web.json_response({"error": ErrorCode.BAD_MESSAGE.value}, status=400)
+    await state.set_members(members)
+    return web.json_response({"version": state.version, "required": state.required})
+
+
+async def announce_loop(app: web.Application) -> AsyncIterator[None]:
+    """Register with the coordinator until it answers with the job; then keep re-announcing,
+    so a restarted coordinator learns where this shard is."""
+    settings = app[SETTINGS]
+    slot = app[SLOT]
+    session = make_session(settings.request_timeout_s)
+
+    async def run() -> None:
+        url = f"{settings.coordinator_url.rstrip('/')}/register/shard"
+        while True:
+            payload = {"index": settings.shard_index, "url": app[URL]}
+            if slot.state is not None:
+                payload["version"] = slot.state.version
+            try:
+                status, reply = await post_json(session, url, payload)
+                if status == 200 and slot.state is None:
+                    registration = Registration.from_json(reply)
+                    params = initial_params(registration, settings.shard_index)
+                    slot.state = ShardState(
+                        registration.job, settings.shard_index, params, app[METRICS]
+                    )
+                    slot.ready.set()
+                    log.info("shard %d holds %s", settings.shard_index, sorted(params))
+                elif status != 200:
+                    log.warning("coordinator refused registration: %s %s", status, reply)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.info("coordinator not reachable yet (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(settings.register_interval_s if slot.state else 0.2)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await session.close()
+
+
+def build_app(settings: ShardSettings, url: str) -> web.Application:
+    app = web.Application(client_max_size=int(settings.max_body_mb * 2**20))
+    registry = CollectorRegistry()
+    app[SETTINGS] = settings
+    app[METRICS] = ShardMetrics(registry)
+    app[SLOT] = ShardSlot()
+    app[URL] = url
+    add_observability(app, registry)
+    app.router.add_post("/push", handle_push)
+    app.router.add_get("/params", handle_params)
+    app.router.add_get("/state", handle_state)
+    app.router.add_post("/membership", handle_membership)
+    app.cleanup_ctx.append(announce_loop)
+    return app

@@ -1,0 +1,88 @@
+"""The shard's Prometheus metrics, with plain counters beside them for the JSON ``/state``."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pscluster.protocol import ErrorCode
+
+STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class ShardMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.version = Gauge("ps_version", "Updates this shard has applied.", registry=registry)
+        self.received = Counter(
+            "ps_gradients_received_total", "Gradient pushes received.", registry=registry
+        )
+        self.applied = Counter(
+            "ps_gradients_applied_total",
+            "Gradients applied (summed into a step, or applied on arrival in async), by rank.",
+            ["rank"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "ps_gradients_dropped_total",
+            "Gradient pushes refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.staleness = Histogram(
+            "ps_gradient_staleness",
+            "Shard version at arrival minus the gradient's base version.",
+            buckets=STALENESS_BUCKETS,
+            registry=registry,
+        )
+        self.gather_seconds = Histogram(
+            "ps_sync_gather_seconds",
+            "sync: time from a step's first gradient to its last.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.bytes_received = Counter(
+            "ps_received_bytes_total", "Request body bytes received.", registry=registry
+        )
+        self.bytes_sent = Counter(
+            "ps_sent_bytes_total", "Response body bytes sent.", registry=registry
+        )
+        self.live_workers = Gauge(
+            "ps_live_workers", "Live workers, as the coordinator last said.", registry=registry
+        )
+        self.required = Gauge(
+            "ps_sync_required_gradients",
+            "Gradients that complete a sync step now.",
+            registry=registry,
+        )
+        # Plain tallies for /state and the launcher's summary.
+        self.tally_applied = 0
+        self.tally_received = 0
+        self.tally_dropped: Tally[str] = Tally({code.value: 0 for code in _DROP_REASONS})
+        for reason in _DROP_REASONS:
+            self.dropped.labels(reason.value)
+
+    def count_received(self) -> None:
+        self.received.inc()
+        self.tally_received += 1
+
+    def count_applied(self, rank: int) -> None:
+        self.applied.labels(str(rank)).inc()
+        self.tally_applied += 1
+
+    def count_dropped(self, reason: ErrorCode) -> None:
+        self.dropped.labels(reason.value).inc()
+        self.tally_dropped[reason.value] += 1
+
+
+# Reasons counted as dropped gradients; bad input is a client error, counted by the HTTP metrics.
+_DROP_REASONS = (
+    ErrorCode.LATE,
+    ErrorCode.DUPLICATE,
+    ErrorCode.STALE,
+    ErrorCode.WARMUP,
+    ErrorCode.DONE,
+    ErrorCode.FUTURE_VERSION,
+    ErrorCode.UNKNOWN_WORKER,
+)

@@ -1,0 +1,259 @@
+"""A shard's state: its parameters, optimizer, version and the sync step being gathered.
+
+All mutation goes through one asyncio lock, so updates are applied one at a time in arrival order,
+never interleaved, also when the array math runs on a thread off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ps_server.metrics import ShardMetrics
+from ps_server.optimizers import build_optimizer
+from ps_server.rules import (
+    Verdict,
+    judge_async_push,
+    judge_sync_push,
+    required_contributions,
+    sync_step_complete,
+)
+from pscluster.protocol import ErrorCode, ProtocolError, encode_frame
+from pscluster.settings import JobConfig, Mode
+
+# Below this many elements, array math is faster inline than the hop to a thread.
+OFFLOAD_ELEMENTS = 1 << 16
+
+
+class ShardState:
+    def __init__(
+        self,
+        job: JobConfig,
+        index: int,
+        params: dict[str, np.ndarray],
+        metrics: ShardMetrics,
+    ) -> None:
+        self.job = job
+        self.index = index
+        self.params = params
+        self.metrics = metrics
+        self.optimizer = build_optimizer(
+            job.optimizer,
+            params,
+            lr=job.lr,
+            momentum=job.momentum,
+            beta1=job.beta1,
+            beta2=job.beta2,
+        )
+        self.version = 0
+        # worker id -> rank, as the coordinator last said; None until it has spoken.
+        self.members: dict[str, int] | None = None
+        # The running sum of the sync step in progress (also the async path's scratch buffer):
+        # O(P) memory however many workers push.
+        self._sum = {key: np.zeros_like(p) for key, p in params.items()}
+        self._contributors: set[str] = set()
+        self._round_started = 0.0
+        self._lock = asyncio.Lock()
+        self._version_changed = asyncio.Event()
+        self._encoded: tuple[int, bytes] | None = None
+        self._elements = sum(p.size for p in params.values())
+        metrics.version.set(0)
+
+    # --- what others read ---------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.version >= self.job.steps
+
+    @property
+    def required(self) -> int:
+        live = None if self.members is None else len(self.members)
+        return required_contributions(self.job.workers, live)
+
+    def encoded_params(self) -> bytes:
+        """The parameters of the current version as a frame, encoded once per version."""
+        if self._encoded is None or self._encoded[0] != self.version:
+            header = {"version": self.version, "done": self.done, "shard": self.index}
+            self._encoded = (self.version, encode_frame(header, self.params))
+        return self._encoded[1]
+
+    def status_frame(self) -> bytes:
+        return encode_frame({"version": self.version, "done": self.done, "shard": self.index})
+
+    async def wait_for_version(self, after: int, timeout_s: float) -> None:
+        """Return once version > after (or the job is done), or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.version <= after and not self.done:
+            event = self._version_changed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "version": self.version,
+            "done": self.done,
+            "mode": self.job.mode.value,
+            "received": self.metrics.tally_received,
+            "applied": self.metrics.tally_applied,
+            "dropped": dict(self.metrics.tally_dropped),
+            "live_workers": None if self.members is None else len(self.members),
+            "required": self.required,
+            "gathering": len(self._contributors),
+        }
+
+    # --- input checks -------------------------------------------------------------------------
+
+    def validate_gradients(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every array of this shard, of the right dtype and shape, all finite; else refuse."""
+        for key in arrays:
+            if key not in self.params:
+                raise ProtocolError(ErrorCode.UNKNOWN_PARAMETER, f"shard has no parameter {key!r}")
+        grads: dict[str, np.ndarray] = {}
+        for key, param in self.params.items():
+            grad = arrays.get(key)
+            if grad is None:
+                raise ProtocolError(ErrorCode.MISSING_PARAMETER, f"push lacks {key!r}")
+            if grad.dtype != param.dtype:
+                raise ProtocolError(
+                    ErrorCode.BAD_DTYPE, f"{key!r}: {grad.dtype}, shard holds {param.dtype}"
+                )
+            if grad.shape != param.shape:
+                raise ProtocolError(
+                    ErrorCode.BAD_SHAPE, f"{key!r}: shape {grad.shape}, shard holds {param.shape}"
+                )
+            # One fast reduction first; the exact elementwise test only when it looks bad (a
+            # finite but huge gradient can overflow the sum).
+            if not np.isfinite(grad.sum()) and not np.isfinite(grad).all():
+                raise ProtocolError(ErrorCode.NOT_FINITE, f"{key!r} holds NaN or Inf")
+            grads[key] = grad
+        return grads
+
+    # --- updates ------------------------------------------------------------------------------
+
+    async def push(
+        self, *, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
+    ) -> Verdict:
+        """Judge and apply one validated gradient push."""
+        self.metrics.count_received()
+        async with self._lock:
+            if self.members is not None and worker not in self.members:
+                verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
+            elif self.job.mode is Mode.SYNC:
+                verdict = judge_sync_push(
+                    version=self.version,
+                    base_version=base_version,
+                    worker=worker,
+                    contributors=self._contributors,
+                    steps=self.job.steps,
+                )
+            else:
+                if self.members is not None:
+                    rank = self.members[worker]
+                verdict = judge_async_push(
+                    version=self.version,
+                    base_version=base_version,
+                    rank=rank,
+                    steps=self.job.steps,
+                    max_staleness=self.job.max_staleness,
+                    policy=self.job.staleness_policy,
+                    warmup_steps=self.job.warmup_steps,
+                )
+            if verdict.code is not ErrorCode.DUPLICATE and verdict.code is not ErrorCode.DONE:
+                self.metrics.staleness.observe(max(0, self.version - base_version))
+            if not verdict.accepted:
+                assert verdict.code is not None
+                self.metrics.count_dropped(verdict.code)
+                return verdict
+            self.metrics.count_applied(rank)
+            if self.job.mode is Mode.SYNC:
+                await self._gather(worker, grads)
+            else:
+                scale = (
+                    verdict.scale / self.job.workers
+                    if self.job.lr_divide_by_workers
+                    else verdict.scale
+                )
+                await self._math(self._copy_into_scratch, grads)
+                await self._math(self.optimizer.apply, self.params, self._sum, scale)
+                self._advance()
+            return verdict
+
+    async def set_members(self, members: Mapping[str, int]) -> None:
+        """The coordinator's membership; a smaller one may complete the step being gathered."""
+        async with self._lock:
+            self.members = dict(members)
+            self.metrics.live_workers.set(len(self.members))
+            self.metrics.required.set(self.required)
+            if self.job.mode is Mode.SYNC and self._contributors and not self.done:
+                if sync_step_complete(len(self._contributors), self.required):
+                    await self._apply_sync_step()
+
+    async def _gather(self, worker: str, grads: Mapping[str, np.ndarray]) -> None:
+        if not self._contributors:
+            self._round_started = time.perf_counter()
+            # The first gradient of a step is copied, not added: no pass to zero the sum.
+            await self._math(self._copy_into_scratch, grads)
+        else:
+            await self._math(self._add_into_sum, grads)
+        self._contributors.add(worker)
+        if sync_step_complete(len(self._contributors), self.required):
+            await self._apply_sync_step()
+
+    async def _apply_sync_step(self) -> None:
+        scale = 1.0 / len(self._contributors)
+        await self._math(self.optimizer.apply, self.params, self._sum, scale)
+        self.metrics.gather_seconds.observe(time.perf_counter() - self._round_started)
+        self._contributors.clear()
+        self._advance()
+
+    def _advance(self) -> None:
+        self.version += 1
+        self.metrics.version.set(self.version)
+        # Wake every long-poll waiting on the old version; new waiters get a fresh event.
+        self._version_changed.set()
+        self._version_changed = asyncio.Event()
+
+    def _copy_into_scratch(self, grads: Mapping[str, np.ndarray]) -> None:
+        for key, total in self._sum.items():
+            np.copyto(total, grads[key])
+
+    def _add_into_sum(self, grads: Mapping[str, np.ndarray]) -> None:
+        for key, total in self._sum.items():
+            np.add(total, grads[key], out=total)
+
+    async def _math(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run array math inline when small, on a thread when large (NumPy releases the GIL)."""
+        if self._elements < OFFLOAD_ELEMENTS:
+            fn(*args)
+        else:
+            await asyncio.to_thread(fn, *args)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume: parameters, optimizer state and the version."""
+        return {
+            **{f"param/{key}": p for key, p in self.params.items()},
+            **{f"opt/{key}": s for key, s in self.optimizer.state().items()},
+            "version": np.asarray(self.version, dtype=np.int64),
+        }
+
+    def restore(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for key, p in self.params.items():
+            np.copyto(p, arrays[f"param/{key}"])
+        self.optimizer.load_state(
+            {key.removeprefix("opt/"): a for key, a in arrays.items() if key.startswith("opt/")}
+        )
+        self.version = int(arrays["version"])
+        self.metrics.version.set(self.version)
+        self._encoded = None

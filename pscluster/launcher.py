@@ -1,0 +1,353 @@
+"""``pscluster up``: a whole cluster as local processes on loopback, with progress and a summary.
+
+The same services compose runs as containers, started here as subprocesses on free ports: the
+coordinator first, then the shards, then N + k workers. It follows the coordinator's ``/status``,
+prints progress, and when the job is done stops everything with SIGTERM and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pscluster.cli import add_settings_flags
+from pscluster.settings import (
+    ENV_PREFIX,
+    Backend,
+    CoordinatorSettings,
+    DelayKind,
+    JobConfig,
+    ServiceSettings,
+    load_settings,
+)
+
+# Job flags the launcher hands to the coordinator; service fields (host, port, ...) it sets itself.
+JOB_FIELDS = [
+    *JobConfig.model_fields,
+    *(f for f in CoordinatorSettings.model_fields if f not in ServiceSettings.model_fields),
+]
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    url: str = ""
+    restarts: int = 0
+
+
+@dataclass
+class Cluster:
+    run_dir: Path
+    env: dict[str, str]
+    coordinator: Service | None = None
+    shards: list[Service] = field(default_factory=list)
+    workers: list[Service] = field(default_factory=list)
+
+    @property
+    def services(self) -> list[Service]:
+        head = [self.coordinator] if self.coordinator else []
+        return [*self.workers, *self.shards, *head]
+
+    def start(self, name: str, module: str, extra_env: dict[str, str]) -> Service:
+        ready = self.run_dir / f"{name}.url"
+        ready.unlink(missing_ok=True)
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        env = {
+            **self.env,
+            **extra_env,
+            f"{ENV_PREFIX}HOST": "127.0.0.1",
+            f"{ENV_PREFIX}PORT": "0",
+            f"{ENV_PREFIX}READY_FILE": str(ready),
+        }
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return Service(name, process, ready, log_path)
+
+    def wait_ready(self, service: Service, timeout_s: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if service.ready_file.exists():
+                service.url = service.ready_file.read_text().strip()
+                return service.url
+            if service.process.poll() is not None:
+                raise LaunchError(
+                    f"{service.name} exited with {service.process.returncode}; "
+                    f"see {service.log_path}"
+                )
+            time.sleep(0.02)
+        raise LaunchError(f"{service.name} not ready after {timeout_s} s; see {service.log_path}")
+
+    def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM everything (workers first, coordinator last); SIGKILL what outlives grace."""
+        for service in self.services:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        codes: dict[str, int | None] = {}
+        for service in self.services:
+            try:
+                codes[service.name] = service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                codes[service.name] = service.process.wait()
+        return codes
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def get_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pscluster up",
+        description="Start a coordinator, M shards and N + k workers on loopback and train.",
+    )
+    job = argparse.ArgumentParser(add_help=False)
+    add_settings_flags(job, CoordinatorSettings)
+    for action in job._actions:
+        if action.dest in JOB_FIELDS:
+            parser._add_action(action)
+    parser.add_argument("--summary-json", type=Path, help="Write the final summary here.")
+    parser.add_argument("--run-dir", type=Path, help="Logs and ready files (default: a temp dir).")
+    parser.add_argument("--timeout", type=float, default=900.0, help="Give up after this long.")
+    parser.add_argument("--progress-every", type=float, default=1.0, help="Seconds between lines.")
+    parser.add_argument("--quiet", action="store_true", help="Only the URLs and the summary.")
+    parser.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default="auto",
+        help="Workers' array backend (auto: CuPy when a GPU is present).",
+    )
+    stragglers = parser.add_argument_group("straggler simulation")
+    stragglers.add_argument(
+        "--delay",
+        choices=[k.value for k in DelayKind],
+        default="none",
+        help="Per-step delay pattern for every worker.",
+    )
+    stragglers.add_argument(
+        "--delay-s", type=float, default=0.0, help="Base per-step delay, seconds."
+    )
+    stragglers.add_argument(
+        "--slow-workers",
+        type=int,
+        default=0,
+        help="How many workers are slow (the first ones started).",
+    )
+    stragglers.add_argument(
+        "--slow-factor",
+        type=float,
+        default=5.0,
+        help="How many times slower a slow worker's delays are.",
+    )
+    return parser.parse_args(argv)
+
+
+def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
+    workers = status.get("workers", [])
+
+    def mean_step(selected: list[dict[str, Any]]) -> float | None:
+        times = [w["step_seconds"] for w in selected if w.get("steps")]
+        return sum(times) / len(times) if times else None
+
+    steps = int(status.get("step", 0))
+    seconds = float(status.get("seconds", 0.0))
+    return {
+        "accuracy": status.get("accuracy"),
+        "loss": status.get("loss"),
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "step_seconds": seconds / steps if steps else None,
+        "fast_worker_step_seconds": mean_step(
+            [w for w in workers if w.get("delay_factor", 1) <= 1]
+        ),
+        "slow_worker_step_seconds": mean_step([w for w in workers if w.get("delay_factor", 1) > 1]),
+        "mode": status.get("mode"),
+        "aggregate": status.get("aggregate"),
+        "spares": status.get("spares"),
+        "gradients": status.get("gradients", {}),
+        "endpoints": {
+            "coordinator": cluster.coordinator.url if cluster.coordinator else None,
+            "shards": [s.url for s in cluster.shards],
+            "workers": [w.url for w in cluster.workers],
+        },
+        "workers": workers,
+        "history": status.get("history", []),
+        "job": status.get("job", {}),
+        "run_dir": str(cluster.run_dir),
+    }
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    accuracy, loss = status.get("accuracy"), status.get("loss")
+    held_out = (
+        f"held-out loss {loss:.4f} acc {accuracy:.4f}" if accuracy is not None else "held-out -"
+    )
+    dropped = sum(status.get("gradients", {}).get("dropped", {}).values())
+    return (
+        f"[{status.get('seconds', 0):7.2f}s] {status.get('phase', '?'):8s} "
+        f"step {status.get('step', 0):5d}/{status.get('steps', 0)}  {held_out}  "
+        f"live workers {status.get('live_workers', 0)}  dropped {dropped}"
+    )
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    grads = summary["gradients"]
+    rows = [
+        (
+            "accuracy (held-out)",
+            f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "-",
+        ),
+        ("loss (held-out)", f"{summary['loss']:.4f}" if summary["loss"] is not None else "-"),
+        ("steps", str(summary["steps"])),
+        ("seconds", f"{summary['seconds']:.2f}"),
+        ("seconds per step", _fmt(summary["step_seconds"])),
+        ("fast workers' step time", _fmt(summary["fast_worker_step_seconds"])),
+        ("slow workers' step time", _fmt(summary["slow_worker_step_seconds"])),
+        ("gradients applied", str(grads.get("applied", 0))),
+        *(
+            (f"gradients dropped: {reason}", str(count))
+            for reason, count in sorted(grads.get("dropped", {}).items())
+            if count
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\nsummary")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def launch(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {name: getattr(args, name) for name in JOB_FIELDS if hasattr(args, name)}
+    settings = load_settings(CoordinatorSettings, overrides)  # exit 2 on bad flags, before starting
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="pscluster-"))
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    cluster = Cluster(run_dir, base_env)
+    job_env = {
+        f"{ENV_PREFIX}{name.upper()}": str(getattr(value, "value", value))
+        for name, value in settings.model_dump(include=set(JOB_FIELDS)).items()
+        if value is not None
+    }
+    try:
+        cluster.coordinator = cluster.start("coordinator", "coordinator", job_env)
+        coordinator_url = cluster.wait_ready(cluster.coordinator)
+        link = {f"{ENV_PREFIX}COORDINATOR_URL": coordinator_url}
+        cluster.shards = [
+            cluster.start(f"ps{i}", "ps_server", {**link, f"{ENV_PREFIX}SHARD_INDEX": str(i)})
+            for i in range(settings.shards)
+        ]
+        for index in range(settings.world):
+            slow = index < args.slow_workers
+            cluster.workers.append(
+                cluster.start(
+                    f"worker{index}",
+                    "worker",
+                    {
+                        **link,
+                        f"{ENV_PREFIX}WORKER_ID": f"worker{index}",
+                        f"{ENV_PREFIX}DELAY": args.delay,
+                        f"{ENV_PREFIX}DELAY_S": str(args.delay_s),
+                        f"{ENV_PREFIX}DELAY_FACTOR": str(args.slow_factor if slow else 1.0),
+                        f"{ENV_PREFIX}BACKEND": args.backend,
+                    },
+                )
+            )
+        print(f"coordinator  {coordinator_url}")
+        for service in [*cluster.shards, *cluster.workers]:
+            print(f"{service.name:<12} {cluster.wait_ready(service)}")
+        print(f"logs in {run_dir / 'logs'}", flush=True)
+        status = follow(cluster, coordinator_url, args)
+        # Workers leave by themselves once every shard says done; give them a moment.
+        deadline = time.monotonic() + 15
+        for worker in cluster.workers:
+            try:
+                worker.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        status = get_status(coordinator_url)
+        return summarize(status, cluster)
+    finally:
+        codes = cluster.stop()
+        bad = {name: code for name, code in codes.items() if code not in (0, None)}
+        if bad:
+            print(f"services that exited non-zero: {bad}", file=sys.stderr)
+
+
+def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Print progress until the coordinator says done; fail fast if a core service dies."""
+    deadline = time.monotonic() + args.timeout
+    last_printed = 0.0
+    while time.monotonic() < deadline:
+        for service in [cluster.coordinator, *cluster.shards]:
+            assert service is not None
+            if service.process.poll() is not None:
+                raise LaunchError(
+                    f"{service.name} died (exit {service.process.returncode}); "
+                    f"see {service.log_path}"
+                )
+        if all(w.process.poll() not in (None, 0) for w in cluster.workers):
+            raise LaunchError(f"every worker failed; see {cluster.run_dir / 'logs'}")
+        try:
+            status = get_status(url)
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            time.sleep(0.2)
+            continue
+        now = time.monotonic()
+        if not args.quiet and (
+            now - last_printed >= args.progress_every or status["phase"] == "done"
+        ):
+            print(progress_line(status), flush=True)
+            last_printed = now
+        if status["phase"] == "done":
+            return status
+        time.sleep(0.1)
+    raise LaunchError(f"job not done after {args.timeout} s")
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    # Ctrl-C reaches the children too (same process group); the launcher just stops them cleanly.
+    try:
+        summary = launch(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: services stopped", file=sys.stderr)
+        return 130
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"summary written to {args.summary_json}")
+    return 0

@@ -1,0 +1,166 @@
+"""Running an aiohttp service: bind, announce readiness, stop cleanly on SIGTERM.
+
+Each service's ``__main__`` reads its settings and calls ``run_service``; tests use
+``running_service`` to start the same app in-process on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from pscluster.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+AppFactory = Callable[[str], web.Application]
+
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+# How long in-flight requests may take to finish once a service stops accepting new ones.
+GRACE_S = 10.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before building the app, so the app knows its own URL (port 0 included)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def public_url(settings: ServiceSettings, sock: socket.socket) -> str:
+    if settings.advertise_url:
+        return settings.advertise_url.rstrip("/")
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def write_ready_file(path: Path, url: str) -> None:
+    """Atomically: a launcher polling for the file never reads half a URL."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(url + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    factory: AppFactory, settings: ServiceSettings
+) -> AsyncIterator[tuple[str, web.Application]]:
+    """Serve the app built by ``factory(url)`` until the block exits; then stop gracefully."""
+    sock = bind_socket(settings.host, settings.port)
+    url = public_url(settings, sock)
+    app = factory(url)
+    # shutdown_timeout: in-flight handlers get this long to finish once we stop accepting.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=GRACE_S, access_log=None)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        if settings.ready_file:
+            write_ready_file(settings.ready_file, url)
+        yield url, app
+    finally:
+        # Ordered stop: close the listening socket (no new work), let in-flight requests
+        # finish within the grace period, then run cleanup contexts (final checkpoints, loops).
+        await runner.cleanup()
+
+
+async def serve_until_signal(factory: AppFactory, settings: ServiceSettings) -> web.Application:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_service(factory, settings) as (url, app):
+        log.info("listening on %s", url)
+        done = app.get(SERVICE_DONE)
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if done is not None:
+            waiters.append(asyncio.ensure_future(done.wait()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        log.info("stopping")
+    return app
+
+
+# A service that finishes by itself (a worker at the end of the job) sets this event.
+SERVICE_DONE = web.AppKey("service_done", asyncio.Event)
+
+
+def run_service(factory: AppFactory, settings: ServiceSettings) -> web.Application:
+    """Serve until SIGTERM/SIGINT (or the app says it is done); returns the stopped app."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvloop.install()
+    return asyncio.run(serve_until_signal(factory, settings))
+
+
+def add_observability(app: web.Application, registry: CollectorRegistry) -> None:
+    """Open ``/metrics`` and ``/healthz``, and time every request by endpoint."""
+    app[REGISTRY] = registry
+    latency = Histogram(
+        "http_request_duration_seconds",
+        "Time to handle an HTTP request, by endpoint.",
+        ["endpoint"],
+        registry=registry,
+        buckets=(
+            0.0005,
+            0.001,
+            0.0025,
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.1,
+            0.25,
+            0.5,
+            1,
+            2.5,
+            5,
+            10,
+            30,
+        ),
+    )
+
+    @web.middleware
+    async def timed(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            # The route's pattern, not the raw path: label values stay bounded.
+            route = request.match_info.route.resource
+            endpoint = route.canonical if route is not None else "unmatched"
+            latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.middlewares.append(timed)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)

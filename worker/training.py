@@ -1,0 +1,206 @@
+"""The worker's loop: pull -> compute -> push, against every shard at once.
+
+Each push asks for parameters in its reply, so a step costs one request per shard. The next
+batch is gathered on a thread while the current step computes and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pscluster.backend import get_xp, to_device, to_numpy
+from pscluster.datasets import Dataset, load_dataset
+from pscluster.jobspec import Registration
+from pscluster.models import build_model
+from pscluster.protocol import ErrorCode
+from pscluster.sampling import batch_indices
+from pscluster.settings import Mode, WorkerSettings
+from pscluster.sharding import allocate_full, assemble_into, slice_part
+from worker.metrics import WorkerMetrics
+from worker.shard_client import ShardClient, ShardReply
+from worker.stragglers import sample_delay
+
+log = logging.getLogger(__name__)
+
+# Shard answers that are part of normal training; anything else is a bug on one side.
+EXPECTED = {
+    "applied",
+    "ok",
+    ErrorCode.LATE.value,
+    ErrorCode.DUPLICATE.value,
+    ErrorCode.STALE.value,
+    ErrorCode.WARMUP.value,
+    ErrorCode.DONE.value,
+    ErrorCode.UNKNOWN_WORKER.value,
+}
+LONG_POLL_S = 10.0
+
+
+class ShardRefused(RuntimeError):
+    """A shard refused the worker's own message: the worker and shard disagree on the job."""
+
+
+def load_worker_data(registration: Registration) -> Dataset:
+    job = registration.job
+    return load_dataset(
+        job.dataset,
+        job.seed,
+        synthetic_samples=job.synthetic_samples,
+        synthetic_features=job.synthetic_features,
+        synthetic_classes=job.synthetic_classes,
+    )
+
+
+@dataclass
+class ShardView:
+    """What the worker knows of one shard: its client, parts, version and whether it is done."""
+
+    client: ShardClient
+    version: int = -1
+    done: bool = False
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        registration: Registration,
+        clients: list[ShardClient],
+        metrics: WorkerMetrics,
+        rank: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.registration = registration
+        self.job = registration.job
+        self.metrics = metrics
+        self.rank = rank  # the coordinator may hand back a different rank after it restarts
+        self.worker_id = registration.worker_id
+        self.xp = get_xp(settings.backend.value)
+        self.data = load_worker_data(registration)
+        self.model = build_model(
+            self.job.model, registration.n_features, registration.n_classes, self.job.hidden_sizes
+        )
+        self.full = allocate_full(self.model.parameter_shapes())
+        self.shards = [ShardView(client) for client in clients]
+        self.delay_rng = np.random.default_rng([self.job.seed, 7919, registration.rank])
+
+    # --- parameters ---------------------------------------------------------------------------
+
+    def _absorb(self, index: int, reply: ShardReply) -> None:
+        shard = self.shards[index]
+        if reply.status not in EXPECTED:
+            raise ShardRefused(f"shard {index} refused: {reply.status}")
+        if reply.arrays:
+            assemble_into(self.full, self.registration.shard_map[index], reply.arrays)
+            shard.version = reply.version
+        shard.done = shard.done or reply.done
+
+    async def pull_all(self, *, at_least: int = 0) -> None:
+        """Fetch every shard's parameters, long-polling until each is at ``at_least``."""
+        started = time.perf_counter()
+
+        async def pull(index: int) -> None:
+            shard = self.shards[index]
+            while True:
+                reply = await shard.client.pull(after=at_least - 1, wait_s=LONG_POLL_S)
+                self._absorb(index, reply)
+                if reply.version >= at_least or reply.done:
+                    return
+
+        await asyncio.gather(*(pull(i) for i in range(len(self.shards))))
+        self.metrics.observe_phase("pull", time.perf_counter() - started)
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = batch_indices(
+            len(self.data.y_train),
+            self.job.batch_size,
+            seed=self.job.seed,
+            rank=self.rank(),
+            world=self.registration.world,
+            step=step,
+            mode=self.job.data_mode.value,
+        )
+        return self.data.x_train[indices], self.data.y_train[indices]
+
+    def _compute(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        params = {name: to_device(self.xp, p) for name, p in self.full.items()}
+        loss, grads = self.model.loss_and_gradients(
+            params, to_device(self.xp, x), to_device(self.xp, y)
+        )
+        return float(loss), {
+            name: np.asarray(to_numpy(g), dtype=np.float32) for name, g in grads.items()
+        }
+
+    async def _exchange(self, step: int, grads: dict[str, np.ndarray]) -> None:
+        """Push to every shard not yet done; absorb the parameters that come back."""
+        started = time.perf_counter()
+        waited = 0.0
+
+        async def exchange(index: int) -> None:
+            nonlocal waited
+            shard = self.shards[index]
+            parts = self.registration.shard_map[index]
+            reply = await shard.client.push(
+                worker=self.worker_id,
+                rank=self.rank(),
+                step=step,
+                base_version=shard.version,
+                grads={part.key: slice_part(grads[part.param], part) for part in parts},
+            )
+            self.metrics.observe_push(reply.status)
+            waited = max(waited, reply.waited_s)
+            self._absorb(index, reply)
+            if reply.status == ErrorCode.DUPLICATE.value:
+                # Our earlier try was counted but its reply lost: fetch the step's result.
+                self._absorb(
+                    index, await shard.client.pull(after=shard.version, wait_s=LONG_POLL_S)
+                )
+            elif reply.status in (ErrorCode.UNKNOWN_WORKER.value, ErrorCode.WARMUP.value):
+                # Not a member (yet), or warmup: wait for the heartbeat to re-register us or for
+                # warmup to end, instead of spinning.
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(
+            *(exchange(i) for i, shard in enumerate(self.shards) if not shard.done)
+        )
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_phase("wait", waited)
+        self.metrics.observe_phase("push", max(0.0, elapsed - waited))
+
+    async def run(self) -> int:
+        """Train until every shard says the job is done; returns the steps computed."""
+        warmup = self.job.warmup_steps if self.job.mode is Mode.ASYNC and self.rank() != 0 else 0
+        # Rank != 0 in async warmup waits here until rank 0 has made W updates.
+        await self.pull_all(at_least=warmup)
+        step = 0
+        next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step))
+        while not all(shard.done for shard in self.shards):
+            step_started = time.perf_counter()
+            x, y = await next_batch
+            # Gather the next batch on a thread while this one computes and its push waits.
+            next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step + 1))
+            started = time.perf_counter()
+            loss, grads = await asyncio.to_thread(self._compute, x, y)
+            self.metrics.observe_phase("compute", time.perf_counter() - started)
+            delay = sample_delay(
+                self.settings.delay,
+                self.settings.delay_s,
+                self.settings.delay_factor,
+                self.delay_rng,
+            )
+            if delay:
+                await asyncio.sleep(delay)
+            self.metrics.observe_phase("delay", delay)
+            await self._exchange(step, grads)
+            self.metrics.observe_step(time.perf_counter() - step_started, loss, len(y))
+            step += 1
+        next_batch.cancel()
+        return step
