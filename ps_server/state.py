@@ -133,7 +133,9 @@ class ShardState:
                 )
             # One fast reduction first; the exact elementwise test only when it looks bad (a
             # finite but huge gradient can overflow the sum).
-            if not np.isfinite(grad.sum()) and not np.isfinite(grad).all():
+            with np.errstate(over="ignore", invalid="ignore"):
+                looks_finite = bool(np.isfinite(grad.sum()))
+            if not looks_finite and not np.isfinite(grad).all():
                 raise ProtocolError(ErrorCode.NOT_FINITE, f"{key!r} holds NaN or Inf")
             grads[key] = grad
         return grads

@@ -1,0 +1,88 @@
+"""`pscluster up` end to end: real processes on loopback, spare replicas against a straggler."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def pscluster_up(tmp_path: Path, name: str, *flags: str, timeout: float = 120) -> dict:
+    summary = tmp_path / f"{name}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pscluster.cli", "up", "--quiet", "--run-dir",
+         str(tmp_path / name), "--summary-json", str(summary), *flags],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(summary.read_text())
+    data["stdout"] = result.stdout
+    return data
+
+
+STRAGGLER = ["--delay", "fixed", "--delay-s", "0.01", "--slow-workers", "1", "--slow-factor", "5"]
+JOB = ["--shards", "2", "--steps", "80", "--model", "mlp", "--dataset", "digits", "--seed", "0",
+       "--eval-every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    tmp = tmp_path_factory.mktemp("up")
+    return {
+        "spares": pscluster_up(tmp, "spares", *JOB, "--workers", "3", "--spares", "1", *STRAGGLER),
+        "no_spares": pscluster_up(tmp, "no_spares", *JOB, "--workers", "4", *STRAGGLER),
+    }
+
+
+def test_summary_and_urls(runs: dict[str, dict]) -> None:
+    run = runs["spares"]
+    assert run["steps"] == 80
+    assert run["seconds"] > 0
+    assert set(run["gradients"]) >= {"applied", "dropped"}
+    endpoints = run["endpoints"]
+    assert len(endpoints["shards"]) == 2 and len(endpoints["workers"]) == 4
+    for url in [endpoints["coordinator"], *endpoints["shards"], *endpoints["workers"]]:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        assert url in run["stdout"]  # printed at start
+    # 80 steps x N = 3 gradients on each of 2 shards.
+    assert run["gradients"]["applied"] == 80 * 3 * 2
+
+
+def test_spares_drop_the_slow_workers_pushes(runs: dict[str, dict]) -> None:
+    workers = {w["worker_id"]: w for w in runs["spares"]["workers"]}
+    slow = workers["worker0"]
+    assert slow["delay_factor"] == 5.0
+    pushes = slow["pushes"]
+    total = sum(pushes.values())
+    assert total > 0
+    # The 5x slower worker almost never makes the fastest 3 of 4: its pushes arrive late.
+    assert pushes.get("late", 0) >= 0.8 * total, pushes
+    assert runs["spares"]["gradients"]["dropped"]["late"] >= pushes.get("late", 0)
+    fast_steps = [w["steps"] for wid, w in workers.items() if wid != "worker0"]
+    assert min(fast_steps) > 3 * slow["steps"]
+
+
+def test_without_spares_every_step_waits_for_the_slow_worker(runs: dict[str, dict]) -> None:
+    run = runs["no_spares"]
+    assert run["gradients"]["dropped"]["late"] == 0
+    workers = {w["worker_id"]: w for w in run["workers"]}
+    assert workers["worker0"]["pushes"]["applied"] == 80 * 2
+
+
+def test_spares_cost_no_accuracy(runs: dict[str, dict]) -> None:
+    spares, no_spares = runs["spares"]["accuracy"], runs["no_spares"]["accuracy"]
+    assert spares >= 0.9
+    assert spares >= no_spares - 0.02, (spares, no_spares)
+
+
+def test_bad_flags_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pscluster.cli", "up", "--mode", "async", "--spares", "1"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert "PSC_SPARES" in result.stderr

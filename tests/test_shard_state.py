@@ -1,0 +1,110 @@
+"""A shard's sync and async update rules on its state, with hand-made gradients, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from ps_server.metrics import ShardMetrics
+from ps_server.state import ShardState
+from pscluster.protocol import ErrorCode, ProtocolError
+from pscluster.settings import JobConfig
+
+
+def make_state(**job: object) -> ShardState:
+    config = JobConfig(**{"optimizer": "sgd", "lr": 0.5, "steps": 100, **job})
+    params = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    return ShardState(config, 0, params, ShardMetrics(CollectorRegistry()))
+
+
+def grad(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full((3, 2), value, np.float32), "b": np.full(2, value, np.float32)}
+
+
+async def test_sync_step_averages_n_gradients() -> None:
+    state = make_state(workers=2)
+    first = await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    assert first.accepted and state.version == 0  # one of two: still gathering
+    second = await state.push(worker="b", rank=1, base_version=0, grads=grad(3.0))
+    assert second.accepted and state.version == 1
+    np.testing.assert_allclose(state.params["w"], -0.5 * 2.0)  # lr * mean(1, 3)
+
+
+async def test_sync_late_and_duplicate_are_refused_and_change_nothing() -> None:
+    state = make_state(workers=2)
+    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    dup = await state.push(worker="a", rank=0, base_version=0, grads=grad(100.0))
+    assert dup.code is ErrorCode.DUPLICATE
+    await state.push(worker="b", rank=1, base_version=0, grads=grad(1.0))
+    before = state.params["w"].copy()
+    late = await state.push(worker="c", rank=2, base_version=0, grads=grad(100.0))
+    assert late.code is ErrorCode.LATE
+    np.testing.assert_array_equal(state.params["w"], before)
+    assert state.metrics.tally_dropped["late"] == 1
+    assert state.metrics.tally_dropped["duplicate"] == 1
+    assert state.metrics.tally_applied == 2
+
+
+async def test_fewer_live_workers_complete_the_step() -> None:
+    state = make_state(workers=3)
+    await state.set_members({"a": 0, "b": 1, "c": 2})
+    await state.push(worker="a", rank=0, base_version=0, grads=grad(2.0))
+    await state.push(worker="b", rank=1, base_version=0, grads=grad(4.0))
+    assert state.version == 0
+    # c dies: the coordinator's new membership completes the step with the two it has.
+    await state.set_members({"a": 0, "b": 1})
+    assert state.version == 1
+    np.testing.assert_allclose(state.params["b"], -0.5 * 3.0)
+    unknown = await state.push(worker="c", rank=2, base_version=1, grads=grad(1.0))
+    assert unknown.code is ErrorCode.UNKNOWN_WORKER
+
+
+async def test_long_poll_wakes_on_the_next_version() -> None:
+    state = make_state(workers=1)
+    waiter = asyncio.create_task(state.wait_for_version(0, 5.0))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    await asyncio.wait_for(waiter, 1.0)
+    assert state.version == 1
+
+
+async def test_encoded_params_are_cached_per_version() -> None:
+    state = make_state(workers=1)
+    first = state.encoded_params()
+    assert state.encoded_params() is first
+    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    assert state.encoded_params() is not first
+
+
+def test_validation_refuses_bad_gradients() -> None:
+    state = make_state()
+    cases = [
+        ({**grad(1.0), "extra": np.zeros(1, np.float32)}, ErrorCode.UNKNOWN_PARAMETER),
+        ({"w": grad(1.0)["w"]}, ErrorCode.MISSING_PARAMETER),
+        ({**grad(1.0), "b": np.zeros(2, np.float64)}, ErrorCode.BAD_DTYPE),
+        ({**grad(1.0), "b": np.zeros(3, np.float32)}, ErrorCode.BAD_SHAPE),
+        ({**grad(1.0), "b": np.array([0.0, np.nan], np.float32)}, ErrorCode.NOT_FINITE),
+        ({**grad(1.0), "w": np.full((3, 2), np.inf, np.float32)}, ErrorCode.NOT_FINITE),
+    ]
+    for grads, code in cases:
+        try:
+            state.validate_gradients(grads)
+        except ProtocolError as exc:
+            assert exc.code is code
+        else:
+            raise AssertionError(f"accepted {code}")
+    # Huge but finite values overflow a float32 sum; they are still accepted.
+    state.validate_gradients({**grad(1.0), "w": np.full((3, 2), 3e38, np.float32)})
+
+
+async def test_async_applies_lr_times_scale_times_g() -> None:
+    state = make_state(mode="async", staleness_policy="inverse", workers=4)
+    for _ in range(4):  # advance to version 4 with zero gradients
+        await state.push(worker="a", rank=0, base_version=state.version, grads=grad(0.0))
+    before = state.params["w"].copy()
+    verdict = await state.push(worker="b", rank=1, base_version=0, grads=grad(2.0))
+    assert verdict.staleness == 4 and verdict.scale == 0.25
+    np.testing.assert_allclose(state.params["w"], before - 0.5 * 0.25 * 2.0)
