@@ -27,10 +27,11 @@ from coordinator.membership import (
 from coordinator.metrics import CoordinatorMetrics
 from pscluster.client import get_json, make_session, post_json, read_body
 from pscluster.datasets import Dataset, load_dataset
+from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
 from pscluster.protocol import ErrorCode, ProtocolError, decode_frame, error_json
-from pscluster.service import add_observability
+from pscluster.service import add_auth, add_observability
 from pscluster.settings import CoordinatorSettings
 from pscluster.sharding import allocate_full, assemble_into, compute_shard_map
 
@@ -378,7 +379,7 @@ async def evaluate(app: web.Application) -> None:
 async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
     coordinator = app[COORDINATOR]
     settings = coordinator.settings
-    coordinator.http = make_session(30.0)
+    coordinator.http = make_session(30.0, token=settings.cluster_token())
 
     async def run() -> None:
         last_forced = 0.0
@@ -392,6 +393,7 @@ async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
             await announce_membership(app, force=force)
             await poll_shards(app)
             step = coordinator.global_step
+            maybe_kill(settings, step)
             due = step >= coordinator.last_eval_step + settings.eval_every
             final = step >= coordinator.job.steps and coordinator.all_shards_known
             if coordinator.finished is None and coordinator.all_shards_known and (due or final):
@@ -428,4 +430,5 @@ def build_app(settings: CoordinatorSettings, url: str) -> web.Application:
     app.router.add_post("/deregister", handle_deregister)
     app.router.add_get("/status", handle_status)
     app.cleanup_ctx.append(monitor_loop)
+    add_auth(app, settings.cluster_token())
     return app

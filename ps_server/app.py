@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from ps_server.checkpoint import CheckpointStore
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
 from pscluster.client import make_session, post_json, read_body
+from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
-from pscluster.service import add_observability
+from pscluster.service import add_auth, add_observability
 from pscluster.settings import ShardSettings
 from pscluster.sharding import slice_part
 
@@ -27,11 +29,12 @@ log = logging.getLogger(__name__)
 
 class ShardSlot:
     """Holds the shard's state once the coordinator has handed it the job (the app's own mapping
-    is frozen after start-up)."""
+    is frozen after start-up), and the count of pushes in flight."""
 
     def __init__(self) -> None:
         self.state: ShardState | None = None
         self.ready = asyncio.Event()
+        self.inflight = 0
 
 
 SLOT = web.AppKey("shard_slot", ShardSlot)
@@ -112,16 +115,38 @@ async def handle_push(request: web.Request) -> web.Response:
         started = time.perf_counter()
         await state.wait_for_version(base_version, state.job.push_wait_s)
         waited = time.perf_counter() - started
-    # Parameters ride along with the reply whenever the worker must go on with newer ones.
-    send_params = want_params and verdict.code not in (
-        ErrorCode.DUPLICATE,
-        ErrorCode.FUTURE_VERSION,
-    )
+    # Parameters ride along with every reply but a duplicate's (that worker's gradient is in
+    # the step; it long-polls for the result). A future_version reply means the shard restarted
+    # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
+    send_params = want_params and verdict.code is not ErrorCode.DUPLICATE
     body = state.encoded_params() if send_params else state.status_frame()
     state.metrics.bytes_sent.inc(len(body))
-    status = 200 if verdict.accepted else (400 if verdict.code is ErrorCode.FUTURE_VERSION else 409)
+    status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
     return frame_response(body, status, **{"PS-Status": code, "PS-Waited": f"{waited:.6f}"})
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def bounded_push(handler: Handler) -> Handler:
+    """Cap the pushes in flight (each holds its body in memory): over the cap, refuse 'busy' and
+    let the worker back off. Then, for fault-injection tests, die at the configured version."""
+
+    async def bounded(request: web.Request) -> web.Response:
+        slot, settings = request.app[SLOT], request.app[SETTINGS]
+        if slot.inflight >= settings.max_inflight_pushes:
+            exc = ProtocolError(ErrorCode.BUSY, "too many pushes in flight; retry", 503)
+            return refusal(slot.state, exc)
+        slot.inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            slot.inflight -= 1
+            if slot.state is not None:
+                maybe_kill(settings, slot.state.version)
+
+    return bounded
 
 
 async def handle_params(request: web.Request) -> web.Response:
@@ -175,7 +200,7 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
     so a restarted coordinator learns where this shard is."""
     settings = app[SETTINGS]
     slot = app[SLOT]
-    session = make_session(settings.request_timeout_s)
+    session = make_session(settings.request_timeout_s, token=settings.cluster_token())
 
     async def run() -> None:
         url = f"{settings.coordinator_url.rstrip('/')}/register/shard"
@@ -188,9 +213,9 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                 if status == 200 and slot.state is None:
                     registration = Registration.from_json(reply)
                     params = initial_params(registration, settings.shard_index)
-                    slot.state = ShardState(
-                        registration.job, settings.shard_index, params, app[METRICS]
-                    )
+                    state = ShardState(registration.job, settings.shard_index, params, app[METRICS])
+                    restore_newest(state, settings)
+                    slot.state = state
                     slot.ready.set()
                     log.info("shard %d holds %s", settings.shard_index, sorted(params))
                 elif status != 200:
@@ -209,6 +234,57 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+def restore_newest(state: ShardState, settings: ShardSettings) -> None:
+    """Resume from the newest checkpoint that verifies, if there is one."""
+    if settings.checkpoint_dir is None:
+        return
+    checkpoint = CheckpointStore(settings.checkpoint_dir, settings.shard_index).newest_valid()
+    if checkpoint is not None:
+        state.restore(checkpoint)
+        log.info("restored version %d from %s", checkpoint.version, checkpoint.path)
+
+
+async def write_checkpoint(state: ShardState, store: CheckpointStore) -> None:
+    version, body = await state.checkpoint_body()
+    path = await asyncio.to_thread(store.write, version, body)
+    log.info("checkpoint of version %d written to %s", version, path)
+
+
+async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
+    """Checkpoint every K versions while running, and once more on the way out."""
+    settings, slot = app[SETTINGS], app[SLOT]
+    if settings.checkpoint_dir is None:
+        yield
+        return
+    store = CheckpointStore(settings.checkpoint_dir, settings.shard_index)
+
+    async def run() -> None:
+        await slot.ready.wait()
+        assert slot.state is not None
+        while True:
+            await slot.state.checkpoint_due.wait()
+            slot.state.checkpoint_due.clear()
+            await write_checkpoint(slot.state, store)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    # In-flight requests have finished by now (cleanup runs after the server's shutdown).
+    if slot.state is not None:
+        await write_checkpoint(slot.state, store)
+
+
+async def release_held_requests(app: web.Application) -> None:
+    """Shutdown step 2 (after the listener closed): answer held long-polls and sync pushes now,
+    so in-flight work finishes well within the grace period."""
+    if app[SLOT].state is not None:
+        app[SLOT].state.release_waiters()
+
+
 def build_app(settings: ShardSettings, url: str) -> web.Application:
     app = web.Application(client_max_size=int(settings.max_body_mb * 2**20))
     registry = CollectorRegistry()
@@ -217,9 +293,12 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     app[SLOT] = ShardSlot()
     app[URL] = url
     add_observability(app, registry)
-    app.router.add_post("/push", handle_push)
+    app.router.add_post("/push", bounded_push(handle_push))
     app.router.add_get("/params", handle_params)
     app.router.add_get("/state", handle_state)
     app.router.add_post("/membership", handle_membership)
+    app.cleanup_ctx.append(checkpoint_loop)
     app.cleanup_ctx.append(announce_loop)
+    app.on_shutdown.append(release_held_requests)
+    add_auth(app, settings.cluster_token())
     return app

@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pscluster.protocol import ErrorCode
 
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# Ranks are below N + k; a rank label at or above the largest world a job may have is a client's
+# mistake, counted under "other" so that no client can grow the label set without bound.
+MAX_RANK_LABEL = 4096 + 4096
 
 
 class ShardMetrics:
@@ -68,7 +71,7 @@ class ShardMetrics:
         self.tally_received += 1
 
     def count_applied(self, rank: int) -> None:
-        self.applied.labels(str(rank)).inc()
+        self.applied.labels(str(rank) if 0 <= rank < MAX_RANK_LABEL else "other").inc()
         self.tally_applied += 1
 
     def count_dropped(self, reason: ErrorCode) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ps_server.checkpoint import Checkpoint, encode_checkpoint
 from ps_server.metrics import ShardMetrics
 from ps_server.optimizers import build_optimizer
 from ps_server.rules import (
@@ -61,6 +62,11 @@ class ShardState:
         self._version_changed = asyncio.Event()
         self._encoded: tuple[int, bytes] | None = None
         self._elements = sum(p.size for p in params.values())
+        self.stopping = False
+        self.restored_from: int | None = None
+        self.max_gather_s = 0.0  # the longest any sync step waited for its gradients
+        # Set whenever a version is due for a checkpoint; the app's checkpoint loop writes it.
+        self.checkpoint_due = asyncio.Event()
         metrics.version.set(0)
 
     # --- what others read ---------------------------------------------------------------------
@@ -87,7 +93,7 @@ class ShardState:
     async def wait_for_version(self, after: int, timeout_s: float) -> None:
         """Return once version > after (or the job is done), or after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while self.version <= after and not self.done:
+        while self.version <= after and not self.done and not self.stopping:
             event = self._version_changed
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -96,6 +102,11 @@ class ShardState:
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:
                 return
+
+    def release_waiters(self) -> None:
+        """On shutdown: answer every held pull and push now, with the current version."""
+        self.stopping = True
+        self._version_changed.set()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -109,6 +120,8 @@ class ShardState:
             "live_workers": None if self.members is None else len(self.members),
             "required": self.required,
             "gathering": len(self._contributors),
+            "restored_from": self.restored_from,
+            "max_gather_seconds": self.max_gather_s,
         }
 
     # --- input checks -------------------------------------------------------------------------
@@ -214,13 +227,18 @@ class ShardState:
     async def _apply_sync_step(self) -> None:
         scale = 1.0 / len(self._contributors)
         await self._math(self.optimizer.apply, self.params, self._sum, scale)
-        self.metrics.gather_seconds.observe(time.perf_counter() - self._round_started)
+        gathered = time.perf_counter() - self._round_started
+        self.metrics.gather_seconds.observe(gathered)
+        self.max_gather_s = max(self.max_gather_s, gathered)
         self._contributors.clear()
         self._advance()
 
     def _advance(self) -> None:
         self.version += 1
         self.metrics.version.set(self.version)
+        every = self.job.checkpoint_every
+        if every and self.version % every == 0:
+            self.checkpoint_due.set()
         # Wake every long-poll waiting on the old version; new waiters get a fresh event.
         self._version_changed.set()
         self._version_changed = asyncio.Event()
@@ -242,20 +260,36 @@ class ShardState:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-        """Everything needed to resume: parameters, optimizer state and the version."""
-        return {
-            **{f"param/{key}": p for key, p in self.params.items()},
-            **{f"opt/{key}": s for key, s in self.optimizer.state().items()},
-            "version": np.asarray(self.version, dtype=np.int64),
-        }
+    async def checkpoint_body(self) -> tuple[int, bytes]:
+        """A consistent snapshot, serialized: parameters, optimizer state, version, and the sync
+        step being gathered (its running sum and who is in it), taken between two updates."""
+        async with self._lock:
+            arrays = {
+                **{f"param/{key}": p for key, p in self.params.items()},
+                **{f"opt/{key}": a for key, a in self.optimizer.state().items()},
+            }
+            if self._contributors:
+                arrays.update({f"sum/{key}": a for key, a in self._sum.items()})
+            header = {
+                "shard": self.index,
+                "version": self.version,
+                "contributors": sorted(self._contributors),
+            }
+            # Encoding copies the arrays, so the file can be written after the lock is released.
+            return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
 
-    def restore(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def restore(self, checkpoint: Checkpoint) -> None:
+        arrays = checkpoint.arrays
         for key, p in self.params.items():
             np.copyto(p, arrays[f"param/{key}"])
         self.optimizer.load_state(
             {key.removeprefix("opt/"): a for key, a in arrays.items() if key.startswith("opt/")}
         )
-        self.version = int(arrays["version"])
+        self._contributors = set(checkpoint.header.get("contributors", []))
+        if self._contributors:
+            for key, total in self._sum.items():
+                np.copyto(total, arrays[f"sum/{key}"])
+        self.version = checkpoint.version
+        self.restored_from = checkpoint.version
         self.metrics.version.set(self.version)
         self._encoded = None

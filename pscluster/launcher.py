@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pscluster.cli import add_settings_flags
+from pscluster.faults import fired_at
 from pscluster.settings import (
     ENV_PREFIX,
     Backend,
@@ -40,9 +42,16 @@ JOB_FIELDS = [
 ]
 
 
+# A dead coordinator or shard is restarted on its port, as compose's restart policy would; a
+# worker is not: spare replicas cover for it.
+MAX_RESTARTS = 5
+
+
 @dataclass
 class Service:
     name: str
+    module: str
+    env: dict[str, str]
     process: subprocess.Popen[bytes]
     ready_file: Path
     log_path: Path
@@ -54,6 +63,7 @@ class Service:
 class Cluster:
     run_dir: Path
     env: dict[str, str]
+    faults: dict[str, int] = field(default_factory=dict)  # service name -> step to SIGKILL at
     coordinator: Service | None = None
     shards: list[Service] = field(default_factory=list)
     workers: list[Service] = field(default_factory=list)
@@ -65,8 +75,6 @@ class Cluster:
 
     def start(self, name: str, module: str, extra_env: dict[str, str]) -> Service:
         ready = self.run_dir / f"{name}.url"
-        ready.unlink(missing_ok=True)
-        log_path = self.run_dir / "logs" / f"{name}.log"
         env = {
             **self.env,
             **extra_env,
@@ -74,15 +82,38 @@ class Cluster:
             f"{ENV_PREFIX}PORT": "0",
             f"{ENV_PREFIX}READY_FILE": str(ready),
         }
+        if name in self.faults:
+            env[f"{ENV_PREFIX}FAULT_KILL_AT"] = str(self.faults[name])
+            env[f"{ENV_PREFIX}FAULT_MARKER"] = str(self.fault_marker(name))
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        process = self._spawn(module, env, ready, log_path)
+        return Service(name, module, env, process, ready, log_path)
+
+    @staticmethod
+    def _spawn(
+        module: str, env: dict[str, str], ready: Path, log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        ready.unlink(missing_ok=True)
         with log_path.open("ab") as log:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", module],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        return Service(name, process, ready, log_path)
+
+    def restart(self, service: Service) -> None:
+        """Start a dead service again on the same port: the others know it by its URL."""
+        service.env[f"{ENV_PREFIX}PORT"] = service.url.rsplit(":", 1)[1]
+        service.process = self._spawn(
+            service.module, service.env, service.ready_file, service.log_path
+        )
+        service.restarts += 1
+        self.wait_ready(service)
+
+    def fault_marker(self, name: str) -> Path:
+        return self.run_dir / f"fault-{name}"
 
     def wait_ready(self, service: Service, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -139,6 +170,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--progress-every", type=float, default=1.0, help="Seconds between lines.")
     parser.add_argument("--quiet", action="store_true", help="Only the URLs and the summary.")
     parser.add_argument(
+        "--kill",
+        action="append",
+        default=[],
+        metavar="SERVICE@STEP",
+        help="Fault injection: SIGKILL a service once at a step, e.g. ps0@40, worker1@30, "
+        "coordinator@50 (repeatable).",
+    )
+    parser.add_argument(
         "--backend",
         choices=[b.value for b in Backend],
         default="auto",
@@ -167,6 +206,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="How many times slower a slow worker's delays are.",
     )
     return parser.parse_args(argv)
+
+
+def parse_faults(specs: Sequence[str]) -> dict[str, int]:
+    faults = {}
+    for spec in specs:
+        name, _, step = spec.partition("@")
+        if not name or not step.isdigit():
+            raise LaunchError(f"--kill {spec!r}: expected SERVICE@STEP, e.g. ps0@40")
+        faults[name] = int(step)
+    return faults
 
 
 def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
@@ -201,6 +250,12 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
         "history": status.get("history", []),
         "job": status.get("job", {}),
         "run_dir": str(cluster.run_dir),
+        "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
+        "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
+        "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
+        "max_gather_seconds": max(
+            (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
+        ),
     }
 
 
@@ -249,11 +304,18 @@ def _fmt(value: float | None) -> str:
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {name: getattr(args, name) for name in JOB_FIELDS if hasattr(args, name)}
-    settings = load_settings(CoordinatorSettings, overrides)  # exit 2 on bad flags, before starting
+    # A fresh cluster token per run: only these processes can change this model.
+    token = secrets.token_urlsafe(24)
+    # Exits 2 on bad flags, before anything starts.
+    settings = load_settings(CoordinatorSettings, {**overrides, "token": token})
+    if args.run_dir is not None and args.run_dir.exists() and any(args.run_dir.iterdir()):
+        # Its checkpoints would resume an older run under a new coordinator.
+        raise LaunchError(f"--run-dir {args.run_dir} is not empty; give a new or empty folder")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="pscluster-"))
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    cluster = Cluster(run_dir, base_env)
+    base_env[f"{ENV_PREFIX}TOKEN"] = token
+    cluster = Cluster(run_dir, base_env, parse_faults(args.kill))
     job_env = {
         f"{ENV_PREFIX}{name.upper()}": str(getattr(value, "value", value))
         for name, value in settings.model_dump(include=set(JOB_FIELDS)).items()
@@ -264,7 +326,15 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
         coordinator_url = cluster.wait_ready(cluster.coordinator)
         link = {f"{ENV_PREFIX}COORDINATOR_URL": coordinator_url}
         cluster.shards = [
-            cluster.start(f"ps{i}", "ps_server", {**link, f"{ENV_PREFIX}SHARD_INDEX": str(i)})
+            cluster.start(
+                f"ps{i}",
+                "ps_server",
+                {
+                    **link,
+                    f"{ENV_PREFIX}SHARD_INDEX": str(i),
+                    f"{ENV_PREFIX}CHECKPOINT_DIR": str(run_dir / f"ps{i}"),
+                },
+            )
             for i in range(settings.shards)
         ]
         for index in range(settings.world):
@@ -287,7 +357,9 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
         for service in [*cluster.shards, *cluster.workers]:
             print(f"{service.name:<12} {cluster.wait_ready(service)}")
         print(f"logs in {run_dir / 'logs'}", flush=True)
+        training_started = time.monotonic()
         status = follow(cluster, coordinator_url, args)
+        wall_s = time.monotonic() - training_started
         # Workers leave by themselves once every shard says done; give them a moment.
         deadline = time.monotonic() + 15
         for worker in cluster.workers:
@@ -296,6 +368,9 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 pass
         status = get_status(coordinator_url)
+        if cluster.coordinator.restarts:
+            # A restarted coordinator's clock started again; the launcher's did not.
+            status["seconds"] = wall_s
         return summarize(status, cluster)
     finally:
         codes = cluster.stop()
@@ -312,10 +387,13 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
         for service in [cluster.coordinator, *cluster.shards]:
             assert service is not None
             if service.process.poll() is not None:
-                raise LaunchError(
-                    f"{service.name} died (exit {service.process.returncode}); "
-                    f"see {service.log_path}"
-                )
+                if service.restarts >= MAX_RESTARTS:
+                    raise LaunchError(
+                        f"{service.name} keeps dying (exit {service.process.returncode}); "
+                        f"see {service.log_path}"
+                    )
+                print(f"{service.name} died (exit {service.process.returncode}); restarting")
+                cluster.restart(service)
         if all(w.process.poll() not in (None, 0) for w in cluster.workers):
             raise LaunchError(f"every worker failed; see {cluster.run_dir / 'logs'}")
         try:

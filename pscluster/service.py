@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from pscluster.settings import ServiceSettings
@@ -114,9 +115,45 @@ def run_service(factory: AppFactory, settings: ServiceSettings) -> web.Applicati
     return asyncio.run(serve_until_signal(factory, settings))
 
 
+# Open to anyone who reaches the port, as Prometheus and load balancers expect; /status is a
+# read-only summary for humans.
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/status"})
+
+
+def add_auth(app: web.Application, token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` on every other endpoint (401 without it)."""
+    if token is None:
+        return
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authorized(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            # Constant time: how much of the token matched must not show in the reply's timing.
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "unauthorized", "message": "missing or wrong cluster token"},
+                    status=401,
+                )
+        return await handler(request)
+
+    app.middlewares.append(authorized)
+
+
 def add_observability(app: web.Application, registry: CollectorRegistry) -> None:
-    """Open ``/metrics`` and ``/healthz``, and time every request by endpoint."""
+    """Open ``/metrics`` and ``/healthz``; count and time every request by endpoint."""
     app[REGISTRY] = registry
+    # process_cpu_seconds_total, process_resident_memory_bytes, open fds: is anything growing?
+    ProcessCollector(registry=registry)
+    requests = Counter(
+        "http_requests_total",
+        "HTTP requests handled, by endpoint and status code.",
+        ["endpoint", "code"],
+        registry=registry,
+    )
     latency = Histogram(
         "http_request_duration_seconds",
         "Time to handle an HTTP request, by endpoint.",
@@ -146,13 +183,20 @@ def add_observability(app: web.Application, registry: CollectorRegistry) -> None
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         started = time.perf_counter()
+        code = 500  # an exception other than an HTTP error becomes a 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
         finally:
             # The route's pattern, not the raw path: label values stay bounded.
             route = request.match_info.route.resource
             endpoint = route.canonical if route is not None else "unmatched"
             latency.labels(endpoint).observe(time.perf_counter() - started)
+            requests.labels(endpoint, str(code)).inc()
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)

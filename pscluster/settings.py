@@ -11,15 +11,20 @@ what it is training.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PSC_"
+
+# Longest a worker's pull asks a shard to hold it waiting for a newer version (seconds); a
+# worker's request timeout must be longer, or every long-poll would time out.
+PULL_LONG_POLL_S = 10.0
 
 
 class Mode(StrEnum):
@@ -60,7 +65,10 @@ class Backend(StrEnum):
 class ServiceSettings(BaseSettings):
     """What every service has: where it listens and how it finds the cluster."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # An empty variable means "unset": compose passes ``${PSC_X:-}`` through as "".
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True
+    )
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(0, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
@@ -71,6 +79,43 @@ class ServiceSettings(BaseSettings):
         None, description="URL others use to reach this service; default http://HOST:PORT."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    token: SecretStr | None = Field(
+        None, description="Cluster token: required as 'Authorization: Bearer' on every call."
+    )
+    token_file: Path | None = Field(
+        None, description="Read the cluster token from this file (a compose secret)."
+    )
+    insecure: bool = Field(
+        False, description="Run without a cluster token: anyone who reaches the port can train."
+    )
+    fault_kill_at: int | None = Field(
+        None, description="Fault injection (tests): SIGKILL this process once at this step."
+    )
+    fault_marker: Path | None = Field(
+        None, description="Fault injection: file recording that the fault fired (fires once)."
+    )
+
+    @model_validator(mode="after")
+    def _check_token(self) -> Self:
+        if self.token_file is not None and self.token is None:
+            if not self.token_file.is_file():
+                raise ValueError(f"PSC_TOKEN_FILE: {self.token_file} is not a readable file")
+            if not self.token_file.read_text().strip():
+                raise ValueError(f"PSC_TOKEN_FILE: {self.token_file} is empty")
+        if self.token is None and self.token_file is None and not self.insecure:
+            raise ValueError(
+                "PSC_TOKEN: a cluster token is required (PSC_TOKEN or PSC_TOKEN_FILE); set "
+                "PSC_INSECURE=true to run without one on a trusted network"
+            )
+        return self
+
+    def cluster_token(self) -> str | None:
+        """The token every call must carry; None when running insecure."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return None
 
 
 class JobConfig(BaseModel):
@@ -122,6 +167,11 @@ class JobConfig(BaseModel):
     def _check_job(self) -> Self:
         if self.mode is Mode.ASYNC and self.spares:
             raise ValueError("PSC_SPARES: spare replicas only apply to sync mode; set it to 0")
+        if self.mode is Mode.ASYNC and self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"PSC_WARMUP_STEPS: {self.warmup_steps} warmup updates leave none of the "
+                f"{self.steps} PSC_STEPS to the other replicas; make it smaller than PSC_STEPS"
+            )
         parse_hidden(self.hidden)
         return self
 
@@ -138,7 +188,10 @@ class JobConfig(BaseModel):
 class CoordinatorSettings(ServiceSettings, JobConfig):
     """The coordinator: membership, the job's life cycle, evaluation."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # An empty variable means "unset": compose passes ``${PSC_X:-}`` through as "".
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True
+    )
 
     eval_every: int = Field(
         25, ge=1, description="Evaluate on held-out data every this many steps."
@@ -149,6 +202,15 @@ class CoordinatorSettings(ServiceSettings, JobConfig):
     poll_interval_s: float = Field(
         0.2, gt=0, description="How often the coordinator checks shards and leases."
     )
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.heartbeat_lease_s <= self.poll_interval_s:
+            raise ValueError(
+                f"PSC_HEARTBEAT_LEASE_S: a lease of {self.heartbeat_lease_s} s is checked only "
+                f"every PSC_POLL_INTERVAL_S = {self.poll_interval_s} s; make the lease longer"
+            )
+        return self
 
     def job(self) -> JobConfig:
         return JobConfig.model_validate(self.model_dump(include=set(JobConfig.model_fields)))
@@ -177,6 +239,12 @@ class ShardSettings(ServiceSettings):
         2.0, gt=0, description="How often the shard re-announces itself to the coordinator."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of calls to the coordinator.")
+    checkpoint_dir: Path | None = Field(
+        None, description="Directory for this shard's checkpoints (unset: no checkpoints)."
+    )
+    max_inflight_pushes: int = Field(
+        256, ge=1, description="Pushes handled at once; more are refused 'busy' (memory cap)."
+    )
 
 
 class WorkerSettings(ServiceSettings):
@@ -206,6 +274,27 @@ class WorkerSettings(ServiceSettings):
         120.0, gt=0, description="Give up if the cluster is not ready within this time."
     )
 
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.request_timeout_s <= PULL_LONG_POLL_S:
+            raise ValueError(
+                f"PSC_REQUEST_TIMEOUT_S: {self.request_timeout_s} s would cut short the "
+                f"{PULL_LONG_POLL_S} s long-poll of a pull; make it longer"
+            )
+        return self
+
+    def check_job(self, job: JobConfig) -> None:
+        """Refuse a job this worker's timeouts contradict (call it once registered).
+
+        In sync mode a shard holds a push's reply up to ``push_wait_s`` for the step to complete;
+        a request timeout shorter than that turns every slow step into a timeout and a retry.
+        """
+        if job.mode is Mode.SYNC and self.request_timeout_s <= job.push_wait_s:
+            raise ValueError(
+                f"PSC_REQUEST_TIMEOUT_S: {self.request_timeout_s} s is not longer than the "
+                f"{job.push_wait_s} s a shard may hold a sync push (the job's PSC_PUSH_WAIT_S)"
+            )
+
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -214,18 +303,35 @@ def settings_error_exit(exc: ValidationError, cls: type[BaseSettings]) -> NoRetu
     """Print a start-up error that names each bad variable, then exit 2."""
     lines = [f"error: invalid {cls.__name__}:"]
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"])
-        variable = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            # A check across fields: its message starts with the variable to change.
+            lines.append(f"  {message}")
+            continue
+        # The field alone: a union's member (``loc`` = (field, "int")) is no variable name.
+        variable = f"{ENV_PREFIX}{str(error['loc'][0]).upper()}"
         value = error.get("input")
-        shown = f" (got {value!r})" if field and not isinstance(value, dict) else ""
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"  {variable}: {message}{shown}")
     print("\n".join(lines), file=sys.stderr)
     raise SystemExit(2)
 
 
+def unknown_variables(cls: type[BaseSettings], environ: dict[str, str] | None = None) -> list[str]:
+    """``PSC_*`` variables that are no field of ``cls``: typos, or meant for another service."""
+    environ = dict(os.environ) if environ is None else environ
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].lower() not in cls.model_fields
+    )
+
+
 def load_settings(cls: type[SettingsT], overrides: dict[str, Any] | None = None) -> SettingsT:
     """Settings from the environment and ``overrides`` (flags); exit 2 with a clear message."""
+    for name in unknown_variables(cls):
+        print(f"warning: {name} is not a setting of {cls.__name__}; ignored", file=sys.stderr)
     try:
         return cls(**(overrides or {}))
     except ValidationError as exc:

@@ -25,6 +25,9 @@ from pscluster.sharding import allocate_full, assemble_into
 from worker.app import SERVICE
 from worker.app import build_app as worker_app
 
+# The cluster token of in-process test clusters.
+TOKEN = "test-token"
+
 
 @dataclass
 class LocalCluster:
@@ -52,7 +55,7 @@ class LocalCluster:
     async def full_params(self) -> dict[str, np.ndarray]:
         """The whole model, pulled from the shards over HTTP."""
         full = allocate_full(self.coordinator.shapes)
-        async with make_session(10.0) as session:
+        async with make_session(10.0, token=TOKEN) as session:
             for index, url in enumerate(self.shard_urls):
                 async with session.get(f"{url}/params") as resp:
                     frame = decode_frame(await resp.read())
@@ -71,7 +74,9 @@ async def local_cluster(
     job: dict[str, Any], workers: list[dict[str, Any]] | None = None
 ) -> AsyncIterator[LocalCluster]:
     """Coordinator, ``job['shards']`` shards and one worker per entry of ``workers``."""
-    settings = CoordinatorSettings(**{"heartbeat_lease_s": 5.0, "poll_interval_s": 0.05, **job})
+    settings = CoordinatorSettings(
+        **{"heartbeat_lease_s": 5.0, "poll_interval_s": 0.05, "token": TOKEN, **job}
+    )
     async with contextlib.AsyncExitStack() as stack:
         coord_url, coord_app = await stack.enter_async_context(
             running_service(lambda url: coordinator_app(settings, url), settings)
@@ -79,7 +84,7 @@ async def local_cluster(
         shard_urls, shard_apps = [], []
         for index in range(settings.shards):
             shard_settings = ShardSettings(
-                coordinator_url=coord_url, shard_index=index, register_interval_s=0.5
+                coordinator_url=coord_url, shard_index=index, register_interval_s=0.5, token=TOKEN
             )
             url, app = await stack.enter_async_context(
                 running_service(lambda url, s=shard_settings: shard_app(s, url), shard_settings)
@@ -89,8 +94,12 @@ async def local_cluster(
         cluster = LocalCluster(coord_url, coord_app[COORDINATOR], shard_urls, shard_apps)
         for index, overrides in enumerate(workers or []):
             worker_settings = WorkerSettings(
-                coordinator_url=coord_url, worker_id=f"worker{index}", backend="numpy",
-                heartbeat_interval_s=0.2, **overrides,
+                coordinator_url=coord_url,
+                worker_id=f"worker{index}",
+                backend="numpy",
+                heartbeat_interval_s=0.2,
+                token=TOKEN,
+                **overrides,
             )
             _, app = await stack.enter_async_context(
                 running_service(lambda url, s=worker_settings: worker_app(s, url), worker_settings)

@@ -16,11 +16,20 @@ def reference_sgd(job: dict, world: int) -> dict[str, np.ndarray]:
     model = build_model(job["model"], data.n_features, data.n_classes, (int(job["hidden"]),))
     params = {k: v.astype(np.float64) for k, v in model.init_parameters(job["seed"]).items()}
     for step in range(job["steps"]):
-        indices = np.concatenate([
-            batch_indices(len(data.y_train), job["batch_size"], seed=job["seed"], rank=rank,
-                          world=world, step=step, mode=job["data_mode"])
-            for rank in range(world)
-        ])
+        indices = np.concatenate(
+            [
+                batch_indices(
+                    len(data.y_train),
+                    job["batch_size"],
+                    seed=job["seed"],
+                    rank=rank,
+                    world=world,
+                    step=step,
+                    mode=job["data_mode"],
+                )
+                for rank in range(world)
+            ]
+        )
         _, grads = model.loss_and_gradients(
             params, data.x_train[indices].astype(np.float64), data.y_train[indices]
         )
@@ -31,9 +40,20 @@ def reference_sgd(job: dict, world: int) -> dict[str, np.ndarray]:
 
 async def test_sync_workers_equal_one_big_batch() -> None:
     job = {
-        "shards": 2, "workers": 3, "spares": 0, "mode": "sync", "steps": 12, "model": "mlp",
-        "hidden": "16", "dataset": "digits", "optimizer": "sgd", "lr": 0.2, "batch_size": 8,
-        "seed": 3, "data_mode": "shard", "eval_every": 100,
+        "shards": 2,
+        "workers": 3,
+        "spares": 0,
+        "mode": "sync",
+        "steps": 12,
+        "model": "mlp",
+        "hidden": "16",
+        "dataset": "digits",
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "batch_size": 8,
+        "seed": 3,
+        "data_mode": "shard",
+        "eval_every": 100,
     }
     async with local_cluster(job, workers=[{}, {}, {}]) as cluster:
         status = await cluster.wait_done(60)

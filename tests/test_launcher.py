@@ -14,9 +14,22 @@ import pytest
 def pscluster_up(tmp_path: Path, name: str, *flags: str, timeout: float = 120) -> dict:
     summary = tmp_path / f"{name}.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pscluster.cli", "up", "--quiet", "--run-dir",
-         str(tmp_path / name), "--summary-json", str(summary), *flags],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pscluster.cli",
+            "up",
+            "--quiet",
+            "--run-dir",
+            str(tmp_path / name),
+            "--summary-json",
+            str(summary),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(summary.read_text())
@@ -25,8 +38,20 @@ def pscluster_up(tmp_path: Path, name: str, *flags: str, timeout: float = 120) -
 
 
 STRAGGLER = ["--delay", "fixed", "--delay-s", "0.01", "--slow-workers", "1", "--slow-factor", "5"]
-JOB = ["--shards", "2", "--steps", "80", "--model", "mlp", "--dataset", "digits", "--seed", "0",
-       "--eval-every", "1000"]
+JOB = [
+    "--shards",
+    "2",
+    "--steps",
+    "80",
+    "--model",
+    "mlp",
+    "--dataset",
+    "digits",
+    "--seed",
+    "0",
+    "--eval-every",
+    "1000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +107,10 @@ def test_spares_cost_no_accuracy(runs: dict[str, dict]) -> None:
 def test_bad_flags_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pscluster.cli", "up", "--mode", "async", "--spares", "1"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2
     assert "PSC_SPARES" in result.stderr

@@ -44,7 +44,8 @@ def test_judge_sync_push_grid() -> None:
     """Over a grid of states, exactly one gradient per worker per version is ever accepted."""
     for version, base in itertools.product(range(4), range(5)):
         accepted = [
-            w for w in ("a", "b", "c")
+            w
+            for w in ("a", "b", "c")
             if judge_sync_push(
                 version=version, base_version=base, worker=w, contributors={"a"}, steps=3
             ).accepted
@@ -85,8 +86,13 @@ def test_staleness_scale(policy, staleness, scale) -> None:
 
 def async_verdict(**overrides):
     args = {
-        "version": 10, "base_version": 10, "rank": 1, "steps": 100, "max_staleness": None,
-        "policy": StalenessPolicy.NONE, "warmup_steps": 0,
+        "version": 10,
+        "base_version": 10,
+        "rank": 1,
+        "steps": 100,
+        "max_staleness": None,
+        "policy": StalenessPolicy.NONE,
+        "warmup_steps": 0,
     }
     return judge_async_push(**{**args, **overrides})
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from pscluster.client import backoff_delays, make_session, post_json
 from pscluster.jobspec import Registration
 from pscluster.protocol import ErrorCode
-from pscluster.service import SERVICE_DONE, add_observability
+from pscluster.service import SERVICE_DONE, add_auth, add_observability
 from pscluster.settings import WorkerSettings
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient
@@ -92,7 +92,8 @@ class WorkerService:
         }
 
     async def run(self) -> None:
-        async with make_session(self.settings.request_timeout_s) as session:
+        token = self.settings.cluster_token()
+        async with make_session(self.settings.request_timeout_s, token=token) as session:
             try:
                 registration = await self.register(session)
                 log.info("registered as rank %d of %d", registration.rank, registration.world)
@@ -149,5 +150,6 @@ def build_app(settings: WorkerSettings, url: str) -> web.Application:
     app[SERVICE_DONE] = done
     app[SERVICE] = WorkerService(settings, metrics, done)
     add_observability(app, registry)
+    add_auth(app, settings.cluster_token())
     app.cleanup_ctx.append(training_task)
     return app

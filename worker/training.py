@@ -16,6 +16,7 @@ import numpy as np
 
 from pscluster.backend import get_xp, to_device, to_numpy
 from pscluster.datasets import Dataset, load_dataset
+from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
 from pscluster.protocol import ErrorCode
@@ -38,6 +39,7 @@ EXPECTED = {
     ErrorCode.WARMUP.value,
     ErrorCode.DONE.value,
     ErrorCode.UNKNOWN_WORKER.value,
+    ErrorCode.FUTURE_VERSION.value,  # the shard restarted from an older checkpoint: rewind
 }
 LONG_POLL_S = 10.0
 
@@ -183,6 +185,7 @@ class Trainer:
         step = 0
         next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step))
         while not all(shard.done for shard in self.shards):
+            maybe_kill(self.settings, step)
             step_started = time.perf_counter()
             x, y = await next_batch
             # Gather the next batch on a thread while this one computes and its push waits.
