@@ -62,6 +62,13 @@ class LocalCluster:
                 assemble_into(full, self.coordinator.shard_map[index], frame.arrays)
         return full
 
+    async def wait_shards_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(state is None for state in self.shard_states()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("shards did not receive their job")
+            await asyncio.sleep(0.02)
+
     def shard_states(self) -> list[Any]:
         return [app[SLOT].state for app in self.shard_apps]
 
@@ -71,7 +78,9 @@ class LocalCluster:
 
 @contextlib.asynccontextmanager
 async def local_cluster(
-    job: dict[str, Any], workers: list[dict[str, Any]] | None = None
+    job: dict[str, Any],
+    workers: list[dict[str, Any]] | None = None,
+    shard: dict[str, Any] | None = None,
 ) -> AsyncIterator[LocalCluster]:
     """Coordinator, ``job['shards']`` shards and one worker per entry of ``workers``."""
     settings = CoordinatorSettings(
@@ -84,7 +93,11 @@ async def local_cluster(
         shard_urls, shard_apps = [], []
         for index in range(settings.shards):
             shard_settings = ShardSettings(
-                coordinator_url=coord_url, shard_index=index, register_interval_s=0.5, token=TOKEN
+                coordinator_url=coord_url,
+                shard_index=index,
+                register_interval_s=0.5,
+                token=TOKEN,
+                **(shard or {}),
             )
             url, app = await stack.enter_async_context(
                 running_service(lambda url, s=shard_settings: shard_app(s, url), shard_settings)
