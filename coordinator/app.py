@@ -32,7 +32,7 @@ from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
 from pscluster.protocol import ErrorCode, ProtocolError, decode_frame, error_json
 from pscluster.service import add_auth, add_observability
-from pscluster.settings import CoordinatorSettings
+from pscluster.settings import CoordinatorSettings, Mode
 from pscluster.sharding import allocate_full, assemble_into, compute_shard_map
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,11 @@ class Coordinator:
             return "done"
         if not self.all_shards_known:
             return "waiting"
-        if self.job.warmup_steps and self.global_step < self.job.warmup_steps:
+        if (
+            self.job.mode is Mode.ASYNC
+            and self.job.warmup_steps
+            and self.global_step < self.job.warmup_steps
+        ):
             return "warmup"
         return "training"
 

@@ -42,6 +42,13 @@ class CoordinatorMetrics:
         self.eval_step = Gauge(
             "coordinator_eval_step", "Global step of the last evaluation.", registry=registry
         )
+        # No evaluation yet: NaN, not a loss and accuracy of 0 (PromQL's min/max skip NaN).
+        self.eval_loss.set(float("nan"))
+        self.eval_accuracy.set(float("nan"))
+        # Every phase is a series from the start (0 or 1), so queries and dashboards never
+        # see one appear out of nothing.
+        for phase in PHASES:
+            self.phase.labels(phase).set(1 if phase == PHASES[0] else 0)
 
     def observe_eval(self, step: int, loss: float, accuracy: float) -> None:
         self.eval_step.set(step)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from ps_server.checkpoint import CheckpointStore
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
-from pscluster.client import make_session, post_json, read_body
+from pscluster.client import FramePayload, make_session, post_json, read_frame_body
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
@@ -88,7 +88,8 @@ async def handle_push(request: web.Request) -> web.Response:
     try:
         state = _state(request)
         settings = request.app[SETTINGS]
-        body = await read_body(
+        # Streamed into one buffer as it arrives; the gradients are views of it, never copied.
+        body = await read_frame_body(
             request.content, request.content_length, int(settings.max_body_mb * 2**20)
         )
         state.metrics.bytes_received.inc(len(body))
@@ -119,11 +120,13 @@ async def handle_push(request: web.Request) -> web.Response:
     # the step; it long-polls for the result). A future_version reply means the shard restarted
     # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
     send_params = want_params and verdict.code is not ErrorCode.DUPLICATE
-    body = state.encoded_params() if send_params else state.status_frame()
-    state.metrics.bytes_sent.inc(len(body))
+    # Parameters are encoded once per version and written straight from that snapshot.
+    body = FramePayload(state.encoded_params() if send_params else state.status_frame())
+    state.metrics.bytes_sent.inc(body.size)
     status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
-    return frame_response(body, status, **{"PS-Status": code, "PS-Waited": f"{waited:.6f}"})
+    headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}"}
+    return web.Response(body=body, status=status, headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -163,9 +166,9 @@ async def handle_params(request: web.Request) -> web.Response:
         return refusal(state, exc)
     if wait_s > 0:
         await state.wait_for_version(after, wait_s)
-    body = state.encoded_params()
-    state.metrics.bytes_sent.inc(len(body))
-    return frame_response(body)
+    body = FramePayload(state.encoded_params())
+    state.metrics.bytes_sent.inc(body.size)
+    return web.Response(body=body)
 
 
 async def handle_state(request: web.Request) -> web.Response:

@@ -23,7 +23,13 @@ from ps_server.rules import (
     required_contributions,
     sync_step_complete,
 )
-from pscluster.protocol import ErrorCode, ProtocolError, encode_frame
+from pscluster.protocol import (
+    EncodedFrame,
+    ErrorCode,
+    ProtocolError,
+    encode_frame,
+    snapshot_frame,
+)
 from pscluster.settings import JobConfig, Mode
 
 # Below this many elements, array math is faster inline than the hop to a thread.
@@ -80,11 +86,12 @@ class ShardState:
         live = None if self.members is None else len(self.members)
         return required_contributions(self.job.workers, live)
 
-    def encoded_params(self) -> bytes:
-        """The parameters of the current version as a frame, encoded once per version."""
+    def encoded_params(self) -> EncodedFrame:
+        """The parameters of the current version as a frame, encoded once per version: a snapshot
+        that replies are written from while the next version is being computed."""
         if self._encoded is None or self._encoded[0] != self.version:
             header = {"version": self.version, "done": self.done, "shard": self.index}
-            self._encoded = (self.version, encode_frame(header, self.params))
+            self._encoded = (self.version, snapshot_frame(header, self.params))
         return self._encoded[1]
 
     def status_frame(self) -> bytes:
@@ -163,27 +170,11 @@ class ShardState:
         async with self._lock:
             if self.members is not None and worker not in self.members:
                 verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
-            elif self.job.mode is Mode.SYNC:
-                verdict = judge_sync_push(
-                    version=self.version,
-                    base_version=base_version,
-                    worker=worker,
-                    contributors=self._contributors,
-                    steps=self.job.steps,
-                )
             else:
-                if self.members is not None:
-                    rank = self.members[worker]
-                verdict = judge_async_push(
-                    version=self.version,
-                    base_version=base_version,
-                    rank=rank,
-                    steps=self.job.steps,
-                    max_staleness=self.job.max_staleness,
-                    policy=self.job.staleness_policy,
-                    warmup_steps=self.job.warmup_steps,
-                )
-            if verdict.code is not ErrorCode.DUPLICATE and verdict.code is not ErrorCode.DONE:
+                # Trust the coordinator's rank over the one the push claims.
+                rank = rank if self.members is None else self.members[worker]
+                verdict = self._judge(worker, rank, base_version)
+            if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
                 self.metrics.staleness.observe(max(0, self.version - base_version))
             if not verdict.accepted:
                 assert verdict.code is not None
@@ -202,6 +193,25 @@ class ShardState:
                 await self._math(self.optimizer.apply, self.params, self._sum, scale)
                 self._advance()
             return verdict
+
+    def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:
+        if self.job.mode is Mode.SYNC:
+            return judge_sync_push(
+                version=self.version,
+                base_version=base_version,
+                worker=worker,
+                contributors=self._contributors,
+                steps=self.job.steps,
+            )
+        return judge_async_push(
+            version=self.version,
+            base_version=base_version,
+            rank=rank,
+            steps=self.job.steps,
+            max_staleness=self.job.max_staleness,
+            policy=self.job.staleness_policy,
+            warmup_steps=self.job.warmup_steps,
+        )
 
     async def set_members(self, members: Mapping[str, int]) -> None:
         """The coordinator's membership; a smaller one may complete the step being gathered."""

@@ -22,17 +22,15 @@ GRADCHECK_MODELS = [
 ]
 
 
-def _cupy_or_skip() -> ModuleType:
-    xp = backend.get_xp("auto")
-    if xp is np:
-        pytest.skip("no CuPy with a CUDA device here")
-    return xp
+# Every backend test runs on NumPy, and on CuPy too where CuPy and a GPU are present (as torchft
+# runs one suite against every transport). Where there is none, the CuPy cases are not collected
+# rather than skipped; scripts/check_gpu.py compares the two backends on a GPU machine.
+BACKENDS = ["numpy"] + (["cupy"] if backend.get_xp("auto") is not np else [])
 
 
-@pytest.fixture(params=["numpy", "cupy"])
+@pytest.fixture(params=BACKENDS)
 def xp(request) -> ModuleType:
-    """Every backend test runs on NumPy, and on CuPy where a GPU is present."""
-    return np if request.param == "numpy" else _cupy_or_skip()
+    return backend.get_xp(request.param)
 
 
 def _batch(n_features: int, n_classes: int, size: int, seed: int = 1):
@@ -196,20 +194,6 @@ def test_mlp_learns_digits_with_sgd(xp) -> None:
     assert first_loss > 2.0  # ~log(10) + He-init noise: it really started untrained
     assert accuracy >= 0.95
     assert test_loss < 0.2
-
-
-def test_numpy_and_cupy_agree() -> None:
-    cp = _cupy_or_skip()
-    model = MLP(64, 10, (64, 32))
-    params = model.init_parameters(4)
-    x, y = _batch(64, 10, 128)
-    x = x.astype(np.float32)
-    loss_np, grads_np = model.loss_and_gradients(params, x, y)
-    device_params = {k: cp.asarray(v) for k, v in params.items()}
-    loss_cp, grads_cp = model.loss_and_gradients(device_params, cp.asarray(x), cp.asarray(y))
-    assert loss_cp == pytest.approx(loss_np, rel=1e-5)
-    for name, g in grads_np.items():
-        np.testing.assert_allclose(backend.to_numpy(grads_cp[name]), g, rtol=1e-4, atol=1e-6)
 
 
 # --- build_model ----------------------------------------------------------------------------

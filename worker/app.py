@@ -96,6 +96,8 @@ class WorkerService:
         async with make_session(self.settings.request_timeout_s, token=token) as session:
             try:
                 registration = await self.register(session)
+                # A job this worker's timeouts contradict fails here, loudly, not step by step.
+                self.settings.check_job(registration.job)
                 log.info("registered as rank %d of %d", registration.rank, registration.world)
                 clients = [
                     ShardClient(session, url, index)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
-from pscluster.client import read_body, retry
-from pscluster.protocol import MSGPACK, decode_frame, encode_frame
+from pscluster.client import FramePayload, read_frame_body, retry
+from pscluster.protocol import MSGPACK, decode_frame, frame_buffers
 
 MAX_REPLY_BYTES = 8 << 30
 
@@ -19,6 +19,7 @@ class ShardReply:
     status: str  # "applied", "ok" for a pull, or an ErrorCode value
     version: int
     done: bool
+    # Views of the received body (no copy); its memory is reused only once they are all gone.
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     waited_s: float = 0.0  # how long the shard held the reply for the sync step
 
@@ -59,13 +60,12 @@ class ShardClient:
             "shard": self.index,
             "want_params": want_params,
         }
-        # Encoded once; a retry resends the same bytes (and the shard refuses a double count).
-        body = encode_frame(header, grads)
+        # Framed once, without copying the gradients: they go from their arrays to the socket. A
+        # retry resends the same bytes (and the shard refuses a double count).
+        body = FramePayload(frame_buffers(header, grads))
 
         async def call() -> ShardReply:
-            async with self.session.post(
-                f"{self.url}/push", data=body, headers={"Content-Type": MSGPACK}
-            ) as resp:
+            async with self.session.post(f"{self.url}/push", data=body) as resp:
                 return await self._reply(resp, "applied")
 
         return await retry(call, attempts=self.attempts)
@@ -74,7 +74,7 @@ class ShardClient:
         if resp.status >= 500 or resp.content_type != MSGPACK:
             # Not ready, overloaded or restarting: a connection-level failure for retry().
             raise aiohttp.ClientConnectionError(f"shard {self.index} answered {resp.status}")
-        body = await read_body(resp.content, resp.content_length, MAX_REPLY_BYTES)
+        body = await read_frame_body(resp.content, resp.content_length, MAX_REPLY_BYTES)
         frame = decode_frame(body)
         status = resp.headers.get("PS-Status", default_status)
         if resp.status >= 400 and status in ("", default_status):

@@ -21,7 +21,7 @@ from pscluster.jobspec import Registration
 from pscluster.models import build_model
 from pscluster.protocol import ErrorCode
 from pscluster.sampling import batch_indices
-from pscluster.settings import Mode, WorkerSettings
+from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
 from pscluster.sharding import allocate_full, assemble_into, slice_part
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient, ShardReply
@@ -41,7 +41,7 @@ EXPECTED = {
     ErrorCode.UNKNOWN_WORKER.value,
     ErrorCode.FUTURE_VERSION.value,  # the shard restarted from an older checkpoint: rewind
 }
-LONG_POLL_S = 10.0
+LONG_POLL_S = PULL_LONG_POLL_S
 
 
 class ShardRefused(RuntimeError):
