@@ -16,11 +16,15 @@ T = TypeVar("T")
 RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
-def make_session(timeout_s: float, connections: int = 64) -> aiohttp.ClientSession:
-    """One pooled keep-alive session per service; every call has an explicit timeout."""
+def make_session(
+    timeout_s: float, connections: int = 64, token: str | None = None
+) -> aiohttp.ClientSession:
+    """One pooled keep-alive session per service; every call has an explicit timeout and, when
+    the cluster has a token, carries it."""
     connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     return aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
     )
 
 

@@ -42,9 +42,7 @@ BAD_STARTS = [
     ([*PYTHON, "worker"], {"PSC_DELAY": "sometimes"}, "PSC_DELAY"),
     ([*CLI, "coordinator"], {"PSC_MODE": "bogus"}, "PSC_MODE"),
     ([*CLI, "ps"], {"PSC_PORT": "70000"}, "PSC_PORT"),
-    ([*CLI, "ps"], {"PSC_MAX_BODY_MB": "-5"}, "PSC_MAX_BODY_MB"),
     ([*CLI, "worker"], {"PSC_REQUEST_TIMEOUT_S": "5"}, "PSC_REQUEST_TIMEOUT_S"),
-    ([*CLI, "worker"], {"PSC_HEARTBEAT_INTERVAL_S": "0"}, "PSC_HEARTBEAT_INTERVAL_S"),
     ([*CLI, "worker", "--request-timeout-s", "1"], {}, "PSC_REQUEST_TIMEOUT_S"),
     ([*CLI, "up", "--mode", "async", "--spares", "1"], {}, "PSC_SPARES"),
 ]
