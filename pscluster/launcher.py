@@ -373,6 +373,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
             status["seconds"] = wall_s
         return summarize(status, cluster)
     finally:
+        # A second Ctrl-C must not cut the clean stop short and leave services behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         codes = cluster.stop()
         bad = {name: code for name, code in codes.items() if code not in (0, None)}
         if bad:
@@ -387,6 +389,9 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
         for service in [cluster.coordinator, *cluster.shards]:
             assert service is not None
             if service.process.poll() is not None:
+                if service.process.returncode == 0:
+                    # A clean exit means someone stopped it on purpose: do not fight them.
+                    raise LaunchError(f"{service.name} stopped; see {service.log_path}")
                 if service.restarts >= MAX_RESTARTS:
                     raise LaunchError(
                         f"{service.name} keeps dying (exit {service.process.returncode}); "
@@ -413,8 +418,16 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
     raise LaunchError(f"job not done after {args.timeout} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    # Ctrl-C or SIGTERM: stop every service cleanly, even where the shell started us with SIGINT
+    # ignored (a background job), which would leave Python's own handler off.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C reaches the children too (same process group); the launcher just stops them cleanly.
     try:
         summary = launch(args)

@@ -114,3 +114,51 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "PSC_SPARES" in result.stderr
+
+
+def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pscluster.cli",
+            "up",
+            "--quiet",
+            "--steps",
+            "100000",
+            "--workers",
+            "2",
+            "--shards",
+            "1",
+            "--run-dir",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(run_dir.glob("*.url"))) < 4:  # coordinator, shard, two workers
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        urls = [p.read_text().strip() for p in run_dir.glob("*.url")]
+        time.sleep(1.0)  # training under way
+        os.killpg(launcher.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert launcher.wait(60) == 130
+        for url in urls:
+            host, port = url.removeprefix("http://").split(":")
+            with socket.socket() as sock:
+                assert sock.connect_ex((host, int(port))) != 0, f"{url} still listening"
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        launcher.stdout.close()
