@@ -38,6 +38,7 @@ from pscluster.sharding import allocate_full, assemble_into, compute_shard_map
 log = logging.getLogger(__name__)
 
 MAX_PARAMS_BYTES = 4 << 30
+MAX_DEPARTED = 256
 
 
 class Coordinator:
@@ -141,6 +142,9 @@ class Coordinator:
         record = self.workers.pop(worker_id, None)
         if record is not None:
             self.departed[worker_id] = {**stats, "rank": record.rank}
+            # Workers come and go for the whole job; only the latest few are remembered.
+            while len(self.departed) > MAX_DEPARTED:
+                del self.departed[next(iter(self.departed))]
             self.membership_changed.set()
 
     # --- the job ------------------------------------------------------------------------------
