@@ -1,0 +1,261 @@
+"""Stragglers: sync with 0, 1, 2 and 4 spares against async (plain, dropping, 1/staleness).
+
+Every configuration trains the same model on the digits set with a real local cluster, one
+``pscluster up`` subprocess each (coordinator, shards and workers as processes on loopback), under
+one straggler pattern. It prints a table (time per step, time to a target held-out loss, final
+accuracy, gradients dropped) and plots held-out loss against wall time, one line per configuration.
+
+    python -m bench.stragglers --pattern one-slow --png docs/stragglers-one-slow.png
+
+Fair budgets: a sync step averages N gradients, an async step applies one, so async runs N times
+as many steps as sync and every configuration processes the same number of training examples; and
+sync uses N times the learning rate (the linear scaling rule, Goyal et al. 2017), so that one sync
+step moves the model about as far as N async steps (``--no-linear-scaling`` turns that off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, Column, format_table, write_json
+
+# Straggler patterns, as ``pscluster up`` flags (the base delay comes from --delay-s).
+PATTERNS: dict[str, list[str]] = {
+    # One worker five times slower than the rest, on every step.
+    "one-slow": ["--delay", "fixed", "--slow-workers", "1", "--slow-factor", "5"],
+    # Every worker's step is delayed by a shifted exponential: never faster, mean twice the base.
+    "exponential": ["--delay", "exponential"],
+    # Every worker is usually at the base delay, one step in twenty 20 times slower.
+    "long-tail": ["--delay", "long_tail"],
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    flags: tuple[str, ...]
+
+
+def configurations(args: argparse.Namespace) -> list[Config]:
+    sync = ("--mode", "sync", "--steps", str(args.steps), "--lr", str(sync_lr(args)))
+    async_steps = args.steps * args.workers
+    asynchronous = ("--mode", "async", "--steps", str(async_steps), "--lr", str(args.lr))
+    return [
+        *(Config(f"sync, {k} spares", (*sync, "--spares", str(k))) for k in args.spares),
+        Config("async", asynchronous),
+        Config(
+            f"async, drop staleness > {args.max_staleness}",
+            (*asynchronous, "--max-staleness", str(args.max_staleness)),
+        ),
+        Config("async, lr / staleness", (*asynchronous, "--staleness-policy", "inverse")),
+    ]
+
+
+def sync_lr(args: argparse.Namespace) -> float:
+    return args.lr * args.workers if args.linear_scaling else args.lr
+
+
+def common_flags(args: argparse.Namespace) -> list[str]:
+    return [
+        "--shards", str(args.shards),
+        "--workers", str(args.workers),
+        "--model", "mlp",
+        "--dataset", "digits",
+        "--seed", str(args.seed),
+        "--optimizer", args.optimizer,
+        "--eval-every", str(args.eval_every),
+        # The coordinator evaluates at most once per poll: poll often, so the curves have points.
+        "--poll-interval-s", "0.05",
+        "--backend", "numpy",
+        "--delay-s", str(args.delay_s),
+        *PATTERNS[args.pattern],
+    ]  # fmt: skip
+
+
+def run_config(config: Config, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One ``pscluster up``; returns its summary JSON (or raises with the launcher's output)."""
+    slug = "".join(c if c.isalnum() else "-" for c in config.name).strip("-")
+    summary_path = work / f"{slug}.json"
+    command = [
+        sys.executable, "-m", "pscluster.cli", "up", "--quiet",
+        "--run-dir", str(work / slug),
+        "--summary-json", str(summary_path),
+        "--timeout", str(args.timeout),
+        *common_flags(args),
+        *config.flags,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=args.timeout + 60,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{config.name}: pscluster up exited {result.returncode}\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+    return json.loads(summary_path.read_text())
+
+
+def time_to_loss(history: list[dict[str, float]], target: float) -> float | None:
+    """Wall seconds at the first evaluation whose held-out loss is at or below ``target``."""
+    for point in history:
+        if point["loss"] <= target:
+            return float(point["seconds"])
+    return None
+
+
+def row_of(config: Config, summary: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    gradients = summary.get("gradients", {})
+    # Pushes refused after the job's last step ("done") are not lost work: leave them out.
+    dropped = {
+        reason: count
+        for reason, count in gradients.get("dropped", {}).items()
+        if count and reason != "done"
+    }
+    seconds = float(summary["seconds"])
+    applied = gradients.get("applied", 0) / args.shards  # every gradient is pushed to each shard
+    history = summary.get("history", [])
+    loss = summary.get("loss")
+    return {
+        "config": config.name,
+        "steps": summary["steps"],
+        "step_ms": None if summary["step_seconds"] is None else summary["step_seconds"] * 1000,
+        "gradients_per_s": applied / seconds if seconds > 0 else None,
+        "seconds": seconds,
+        "to_target_s": time_to_loss(history, args.target_loss),
+        "loss": loss if loss is None or math.isfinite(loss) else None,
+        "accuracy": summary.get("accuracy"),
+        # Per shard, like "applied": the gradients a shard refused.
+        "dropped": sum(dropped.values()) / args.shards,
+        "dropped_reasons": ", ".join(sorted(dropped)) or "-",
+        "history": history,
+    }
+
+
+COLUMNS = [
+    Column("config", "configuration"),
+    Column("step_ms", "ms/step", "{:.1f}"),
+    Column("gradients_per_s", "gradients/s", "{:.0f}"),
+    Column("to_target_s", "s to target", "{:.2f}"),
+    Column("seconds", "s total", "{:.2f}"),
+    Column("loss", "final loss", "{:.3f}"),
+    Column("accuracy", "accuracy", "{:.3f}"),
+    Column("dropped", "dropped", "{:.0f}"),
+    Column("dropped_reasons", "why"),
+]
+
+
+def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "matplotlib is missing: pip install -c constraints.txt -e '.[bench]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for row in rows:
+        history = row["history"]
+        style = "-" if row["config"].startswith("sync") else "--"
+        ax.plot(
+            [p["seconds"] for p in history],
+            [p["loss"] for p in history],
+            style,
+            marker=".",
+            markersize=3,
+            label=row["config"],
+        )
+    ax.axhline(args.target_loss, color="grey", linewidth=0.8, linestyle=":", label="target loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall time since training started (s)")
+    ax.set_ylabel("held-out loss")
+    ax.set_title(
+        f"digits, MLP, N = {args.workers}, pattern {args.pattern} (base delay {args.delay_s} s)"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot written to {path}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.stragglers",
+        description="Sync with spares against async, under a straggler pattern, on a real cluster.",
+    )
+    parser.add_argument("--pattern", choices=sorted(PATTERNS), default="one-slow")
+    parser.add_argument("--workers", type=int, default=4, help="N: gradients per sync step.")
+    parser.add_argument(
+        "--spares", default="0,1,2,4", help="Spare replicas of the sync runs, comma separated."
+    )
+    parser.add_argument("--steps", type=int, default=200, help="Sync steps (async: N times more).")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"])
+    parser.add_argument("--lr", type=float, default=0.2, help="Learning rate of async runs.")
+    parser.add_argument(
+        "--no-linear-scaling",
+        dest="linear_scaling",
+        action="store_false",
+        help="Train sync runs at --lr too, instead of N times --lr.",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--delay-s", type=float, default=0.01, help="Base per-step delay.")
+    parser.add_argument("--max-staleness", type=int, default=4, help="Bound of the dropping run.")
+    parser.add_argument("--target-loss", type=float, default=0.15, help="Held-out loss to reach.")
+    parser.add_argument("--eval-every", type=int, default=5, help="Steps between evaluations.")
+    parser.add_argument("--timeout", type=float, default=120.0, help="Per configuration.")
+    parser.add_argument("--png", type=Path, help="Write the plot here.")
+    parser.add_argument("--json", type=Path, help="Write the rows and histories here.")
+    args = parser.parse_args(argv)
+    args.spares = [int(k) for k in args.spares.split(",") if k.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-stragglers-") as tmp:
+        for config in configurations(args):
+            t0 = time.perf_counter()
+            summary = run_config(config, args, Path(tmp))
+            rows.append(row_of(config, summary, args))
+            print(f"  {config.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"pattern {args.pattern}, base delay {args.delay_s} s, N = {args.workers}, "
+        f"{args.shards} shards, {args.optimizer}; sync: {args.steps} steps at lr "
+        f"{sync_lr(args):g}, async: {args.steps * args.workers} steps at lr {args.lr:g}; "
+        f"target held-out loss {args.target_loss}"
+    )
+    print(format_table(rows, COLUMNS))
+    print(f"({time.perf_counter() - started:.0f} s in all)")
+    if args.png:
+        plot(rows, args, args.png)
+    write_json(
+        args.json,
+        "stragglers",
+        rows,
+        settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
