@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from ps_server.checkpoint import CheckpointStore
 from ps_server.metrics import ShardMetrics
-from ps_server.state import ShardState
+from ps_server.state import OFFLOAD_ELEMENTS, ShardState
 from pscluster.client import FramePayload, make_session, post_json, read_frame_body
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
@@ -104,7 +104,12 @@ async def handle_push(request: web.Request) -> web.Response:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name!r} must be an integer >= 0")
         if shard != state.index:
             raise ProtocolError(ErrorCode.WRONG_SHARD, f"this is shard {state.index}, not {shard}")
-        grads = state.validate_gradients(frame.arrays)
+        # The body's buffer is this request's alone: the shard may keep the gradients as they
+        # are. The finiteness check reads every byte: off the event loop when large.
+        if len(body) >= 4 * OFFLOAD_ELEMENTS:
+            grads = await asyncio.to_thread(state.validate_gradients, frame.arrays, owned=True)
+        else:
+            grads = state.validate_gradients(frame.arrays, owned=True)
     except ProtocolError as exc:
         return refusal(state, exc)
     assert isinstance(rank, int) and isinstance(base_version, int)

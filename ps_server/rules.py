@@ -78,14 +78,19 @@ def judge_async_push(
     max_staleness: int | None,
     policy: StalenessPolicy,
     warmup_steps: int,
+    leader: int = 0,
 ) -> Verdict:
-    """Async mode: apply on arrival unless done, in warmup for this rank, or too stale."""
+    """Async mode: apply on arrival unless done, in warmup for this rank, or too stale.
+
+    ``leader`` is the rank that trains alone during warmup: rank 0, or the lowest live rank when
+    rank 0 has died (else warmup would never end).
+    """
     if version >= steps:
         return Verdict(ErrorCode.DONE)
     if base_version > version:
         return Verdict(ErrorCode.FUTURE_VERSION)
     staleness = version - base_version
-    if in_warmup(version, warmup_steps) and rank != 0:
+    if in_warmup(version, warmup_steps) and rank != leader:
         return Verdict(ErrorCode.WARMUP, staleness=staleness)
     if max_staleness is not None and staleness > max_staleness:
         return Verdict(ErrorCode.STALE, staleness=staleness)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,16 +24,25 @@ from ps_server.rules import (
     sync_step_complete,
 )
 from pscluster.protocol import (
+    WIRE_DTYPES,
     EncodedFrame,
     ErrorCode,
     ProtocolError,
+    all_finite,
     encode_frame,
     snapshot_frame,
 )
 from pscluster.settings import JobConfig, Mode
 
+T = TypeVar("T")
+
 # Below this many elements, array math is faster inline than the hop to a thread.
 OFFLOAD_ELEMENTS = 1 << 16
+
+
+class OwnedGradients(dict[str, np.ndarray]):
+    """Validated gradients that the shard may keep and overwrite: views of a request body that
+    nothing else refers to. The first of a step becomes the running sum without a copy."""
 
 
 class ShardState:
@@ -69,6 +78,7 @@ class ShardState:
         self._encoded: tuple[int, bytes] | None = None
         self._elements = sum(p.size for p in params.values())
         self.stopping = False
+        self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes
         self.restored_from: int | None = None
         self.max_gather_s = 0.0  # the longest any sync step waited for its gradients
         # Set whenever a version is due for a checkpoint; the app's checkpoint loop writes it.
@@ -91,7 +101,11 @@ class ShardState:
         that replies are written from while the next version is being computed."""
         if self._encoded is None or self._encoded[0] != self.version:
             header = {"version": self.version, "done": self.done, "shard": self.index}
-            self._encoded = (self.version, snapshot_frame(header, self.params))
+            wire = self.job.wire_dtype.value
+            self._encoded = (
+                self.version,
+                snapshot_frame(header, self.params, dtype=None if wire == "float32" else wire),
+            )
         return self._encoded[1]
 
     def status_frame(self) -> bytes:
@@ -133,32 +147,38 @@ class ShardState:
 
     # --- input checks -------------------------------------------------------------------------
 
-    def validate_gradients(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every array of this shard, of the right dtype and shape, all finite; else refuse."""
+    def validate_gradients(
+        self, arrays: Mapping[str, np.ndarray], *, owned: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Every array of this shard, of the right dtype and shape, all finite; else refuse.
+
+        The right dtype is the shard's own (float32) or the job's wire dtype: 16-bit gradients
+        are summed into the float32 running sum, upcast on the way. One pass over each array.
+        ``owned``: the arrays are the shard's to keep and overwrite (views of a request body
+        nobody else holds), so the first gradient of a step can become the running sum as is.
+        """
         for key in arrays:
             if key not in self.params:
                 raise ProtocolError(ErrorCode.UNKNOWN_PARAMETER, f"shard has no parameter {key!r}")
+        wire = WIRE_DTYPES[self.job.wire_dtype.value]
         grads: dict[str, np.ndarray] = {}
         for key, param in self.params.items():
             grad = arrays.get(key)
             if grad is None:
                 raise ProtocolError(ErrorCode.MISSING_PARAMETER, f"push lacks {key!r}")
-            if grad.dtype != param.dtype:
+            if grad.dtype != param.dtype and grad.dtype != wire:
                 raise ProtocolError(
-                    ErrorCode.BAD_DTYPE, f"{key!r}: {grad.dtype}, shard holds {param.dtype}"
+                    ErrorCode.BAD_DTYPE,
+                    f"{key!r}: {grad.dtype}, shard takes {param.dtype} or the job's {wire}",
                 )
             if grad.shape != param.shape:
                 raise ProtocolError(
                     ErrorCode.BAD_SHAPE, f"{key!r}: shape {grad.shape}, shard holds {param.shape}"
                 )
-            # One fast reduction first; the exact elementwise test only when it looks bad (a
-            # finite but huge gradient can overflow the sum).
-            with np.errstate(over="ignore", invalid="ignore"):
-                looks_finite = bool(np.isfinite(grad.sum()))
-            if not looks_finite and not np.isfinite(grad).all():
+            if not all_finite(grad):
                 raise ProtocolError(ErrorCode.NOT_FINITE, f"{key!r} holds NaN or Inf")
             grads[key] = grad
-        return grads
+        return OwnedGradients(grads) if owned else grads
 
     # --- updates ------------------------------------------------------------------------------
 
@@ -167,32 +187,51 @@ class ShardState:
     ) -> Verdict:
         """Judge and apply one validated gradient push."""
         self.metrics.count_received()
-        async with self._lock:
-            if self.members is not None and worker not in self.members:
-                verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
-            else:
-                # Trust the coordinator's rank over the one the push claims.
-                rank = rank if self.members is None else self.members[worker]
-                verdict = self._judge(worker, rank, base_version)
-            if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
-                self.metrics.staleness.observe(max(0, self.version - base_version))
-            if not verdict.accepted:
-                assert verdict.code is not None
-                self.metrics.count_dropped(verdict.code)
-                return verdict
-            self.metrics.count_applied(rank)
-            if self.job.mode is Mode.SYNC:
-                await self._gather(worker, grads)
-            else:
-                scale = (
-                    verdict.scale / self.job.workers
-                    if self.job.lr_divide_by_workers
-                    else verdict.scale
-                )
-                await self._math(self._copy_into_scratch, grads)
-                await self._math(self.optimizer.apply, self.params, self._sum, scale)
-                self._advance()
+        return await self._locked(lambda: self._push(worker, rank, base_version, grads))
+
+    async def _push(
+        self, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
+    ) -> Verdict:
+        if self.members is not None and worker not in self.members:
+            verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
+        else:
+            # Trust the coordinator's rank over the one the push claims.
+            rank = rank if self.members is None else self.members[worker]
+            verdict = self._judge(worker, rank, base_version)
+        if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
+            self.metrics.staleness.observe(max(0, self.version - base_version))
+        if not verdict.accepted:
+            assert verdict.code is not None
+            self.metrics.count_dropped(verdict.code)
             return verdict
+        self.metrics.count_applied(rank)
+        if self.job.mode is Mode.SYNC:
+            await self._gather(worker, grads)
+        else:
+            scale = (
+                verdict.scale / self.job.workers if self.job.lr_divide_by_workers else verdict.scale
+            )
+            await self._math(self._copy_into_scratch, grads)
+            await self._math(self.optimizer.apply, self.params, self._sum, scale)
+            self._advance()
+        return verdict
+
+    async def _locked(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` under the lock, to its end even if the caller is cancelled.
+
+        A cancelled handler (shutdown past its grace period) must not release the lock while a
+        thread is still writing the parameters, nor leave an update half applied (params changed,
+        version not): the work runs as its own task, which the caller only waits for.
+        """
+
+        async def run() -> T:
+            async with self._lock:
+                return await work()
+
+        task = asyncio.ensure_future(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
 
     def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:
         if self.job.mode is Mode.SYNC:
@@ -211,17 +250,20 @@ class ShardState:
             max_staleness=self.job.max_staleness,
             policy=self.job.staleness_policy,
             warmup_steps=self.job.warmup_steps,
+            leader=min(self.members.values(), default=0) if self.members else 0,
         )
 
     async def set_members(self, members: Mapping[str, int]) -> None:
         """The coordinator's membership; a smaller one may complete the step being gathered."""
-        async with self._lock:
-            self.members = dict(members)
-            self.metrics.live_workers.set(len(self.members))
-            self.metrics.required.set(self.required)
-            if self.job.mode is Mode.SYNC and self._contributors and not self.done:
-                if sync_step_complete(len(self._contributors), self.required):
-                    await self._apply_sync_step()
+        await self._locked(lambda: self._set_members(members))
+
+    async def _set_members(self, members: Mapping[str, int]) -> None:
+        self.members = dict(members)
+        self.metrics.live_workers.set(len(self.members))
+        self.metrics.required.set(self.required)
+        if self.job.mode is Mode.SYNC and self._contributors and not self.done:
+            if sync_step_complete(len(self._contributors), self.required):
+                await self._apply_sync_step()
 
     async def _gather(self, worker: str, grads: Mapping[str, np.ndarray]) -> None:
         if not self._contributors:
@@ -254,8 +296,20 @@ class ShardState:
         self._version_changed = asyncio.Event()
 
     def _copy_into_scratch(self, grads: Mapping[str, np.ndarray]) -> None:
-        for key, total in self._sum.items():
-            np.copyto(total, grads[key])
+        owned = isinstance(grads, OwnedGradients)
+        for key, total in list(self._sum.items()):
+            grad = grads[key]
+            if (
+                owned
+                and grad.dtype == total.dtype
+                and grad.flags.writeable
+                and grad.flags.c_contiguous
+            ):
+                # The request's own buffer becomes the running sum: no pass to copy it. (The
+                # buffer it replaces goes back to the pool once nothing refers to it.)
+                self._sum[key] = grad
+            else:
+                np.copyto(total, grad)  # upcasts a 16-bit gradient
 
     def _add_into_sum(self, grads: Mapping[str, np.ndarray]) -> None:
         for key, total in self._sum.items():
@@ -273,20 +327,22 @@ class ShardState:
     async def checkpoint_body(self) -> tuple[int, bytes]:
         """A consistent snapshot, serialized: parameters, optimizer state, version, and the sync
         step being gathered (its running sum and who is in it), taken between two updates."""
-        async with self._lock:
-            arrays = {
-                **{f"param/{key}": p for key, p in self.params.items()},
-                **{f"opt/{key}": a for key, a in self.optimizer.state().items()},
-            }
-            if self._contributors:
-                arrays.update({f"sum/{key}": a for key, a in self._sum.items()})
-            header = {
-                "shard": self.index,
-                "version": self.version,
-                "contributors": sorted(self._contributors),
-            }
-            # Encoding copies the arrays, so the file can be written after the lock is released.
-            return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
+        return await self._locked(self._checkpoint_body)
+
+    async def _checkpoint_body(self) -> tuple[int, bytes]:
+        arrays = {
+            **{f"param/{key}": p for key, p in self.params.items()},
+            **{f"opt/{key}": a for key, a in self.optimizer.state().items()},
+        }
+        if self._contributors:
+            arrays.update({f"sum/{key}": a for key, a in self._sum.items()})
+        header = {
+            "shard": self.index,
+            "version": self.version,
+            "contributors": sorted(self._contributors),
+        }
+        # Encoding copies the arrays, so the file can be written after the lock is released.
+        return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         arrays = checkpoint.arrays

@@ -346,6 +346,9 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
                     {
                         **link,
                         f"{ENV_PREFIX}WORKER_ID": f"worker{index}",
+                        # worker{i} asks for rank i, so "the first K workers are slow" names
+                        # ranks too (rank 0 leads an async warmup).
+                        f"{ENV_PREFIX}RANK": str(index),
                         f"{ENV_PREFIX}DELAY": args.delay,
                         f"{ENV_PREFIX}DELAY_S": str(args.delay_s),
                         f"{ENV_PREFIX}DELAY_FACTOR": str(args.slow_factor if slow else 1.0),

@@ -16,12 +16,16 @@ Control-plane bodies (register, heartbeat, membership, status) are small JSON ob
 
 from __future__ import annotations
 
+import math
 import struct
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import ml_dtypes
 import msgpack
 import numpy as np
 
@@ -34,9 +38,47 @@ MAX_HEADER_BYTES = 1 << 20
 ALIGNMENT = 64
 
 # Only plain numeric dtypes cross the wire: no object arrays, nothing that needs pickle.
+# bfloat16 is ml_dtypes' (the one JAX and TensorFlow use): float32's exponent, 8 mantissa bits.
 WIRE_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name) for name in ("float16", "float32", "float64", "int32", "int64", "uint8")
+    **{
+        name: np.dtype(name)
+        for name in ("float16", "float32", "float64", "int32", "int64", "uint8")
+    },
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
+# The bits of a 16-bit float's exponent: all ones means Inf or NaN.
+_EXPONENT_BITS = {"float16": 0x7C00, "bfloat16": 0x7F80}
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or Inf, in one fast pass over the array's memory.
+
+    float32/64: the dot product of the array with itself is finite exactly when every element is
+    (NaN and Inf propagate), unless finite values are large enough to overflow it; only then is
+    the exact elementwise test run. 16-bit floats: the largest exponent field, read as integers.
+    """
+    kind = array.dtype.name
+    if kind in _EXPONENT_BITS:
+        if array.size == 0:
+            return True
+        magnitudes = np.bitwise_and(array.reshape(-1).view(np.uint16), np.uint16(0x7FFF))
+        return int(magnitudes.max()) < _EXPONENT_BITS[kind]
+    if array.dtype.kind != "f":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        flat = array.reshape(-1)
+        if bool(np.isfinite(np.vdot(flat, flat))):
+            return True
+    return bool(np.isfinite(array).all())
+
+
+def to_wire(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """``array`` as ``dtype`` for sending (rounded to nearest for 16-bit; no copy if it is).
+
+    float16 overflows to Inf beyond +-65504: a shard refuses that push as ``not_finite``.
+    """
+    with np.errstate(over="ignore"):
+        return np.asarray(array).astype(WIRE_DTYPES[np.dtype(dtype).name], copy=False)
 
 
 class ErrorCode(StrEnum):
@@ -89,38 +131,163 @@ def _padded(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
+class BufferPool:
+    """Large byte buffers kept for reuse, so that a 40 MB body or snapshot does not cost a fresh
+    allocation each time (on a VM, faulting in and zeroing new memory costs more than the copy).
+
+    A buffer is handed out again only once nothing refers to it: arrays decoded from a body and
+    memoryviews still queued in a transport keep their buffer's reference count up, and while
+    that is so the buffer is left alone. At most ``keep`` buffers are kept; small requests get a
+    fresh buffer and are not kept.
+    """
+
+    SMALL = 1 << 16
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._kept: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A writable uint8 array of ``nbytes``: a free kept buffer's, or a new one."""
+        if nbytes < self.SMALL:
+            return np.empty(nbytes, dtype=np.uint8)
+        with self._lock:
+            # Free: referenced only by the list and by getrefcount's own argument.
+            free = [b for b in self._kept if sys.getrefcount(b) <= 3]
+            fits = [b for b in free if nbytes <= b.nbytes <= 2 * nbytes]
+            if fits:
+                return min(fits, key=lambda b: b.nbytes)[:nbytes]
+            buffer = np.empty(nbytes, dtype=np.uint8)
+            if len(self._kept) >= self.keep and free:
+                self._kept.remove(free[0])
+            if len(self._kept) < self.keep:
+                self._kept.append(buffer)
+            return buffer[:nbytes]
+
+
+# The process's pool: receive buffers of the data plane and the shards' parameter snapshots.
+BUFFERS = BufferPool()
+
+
+# Header key of the filler that makes the prefix a multiple of ALIGNMENT bytes long, so that the
+# arrays of a received body start aligned wherever the buffer is (NumPy's fast paths need that).
+PAD_KEY = "pad"
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A frame as the buffers to write one after another: the prefix (msgpack array marker,
+    header, bin length), then each array's bytes and padding. ``nbytes`` in all.
+
+    Sending it never joins the buffers: a 40 MB gradient goes from its array to the socket.
+    """
+
+    buffers: tuple[bytes | memoryview, ...]
+    nbytes: int
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.buffers)
+
+
+def _layout(
+    header: Mapping[str, Any], specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+) -> tuple[bytes, dict[str, list[Any]], int]:
+    """The prefix, each array's ``[dtype, shape, offset, nbytes]`` and the payload size, for
+    arrays of the given (dtype, shape)."""
+    layout: dict[str, list[Any]] = {}
+    offset = end = 0
+    for name, (dtype, shape) in specs.items():
+        if dtype.name not in WIRE_DTYPES:
+            raise ValueError(f"array {name!r}: dtype {dtype} cannot cross the wire")
+        nbytes = math.prod(shape) * dtype.itemsize
+        offset = _padded(end)  # each array starts aligned; the payload ends with the last one
+        layout[name] = [dtype.name, list(shape), offset, nbytes]
+        end = offset + nbytes
+    if "arrays" in header or PAD_KEY in header:
+        raise ValueError(f"'arrays' and {PAD_KEY!r} are reserved in frame headers")
+    fields = {**header, "arrays": layout}
+    # 0x92: fixarray of two; 0xc6: bin 32 with a big-endian length. Always bin 32, so the payload
+    # offset is known before the payload is written.
+    tail = b"\xc6" + struct.pack(">I", end)
+    prefix = b"\x92" + msgpack.packb(fields, use_bin_type=True) + tail
+    if specs and len(prefix) % ALIGNMENT:
+        # A filler entry brings the prefix to a multiple of ALIGNMENT. Packed empty first to
+        # learn its own cost (key, bin8 marker and length, and maybe a wider map marker); every
+        # byte of filler after that adds exactly one byte, as long as it stays a bin8.
+        packed = msgpack.packb({**fields, PAD_KEY: b""}, use_bin_type=True)
+        extra = -(1 + len(packed) + len(tail)) % ALIGNMENT
+        packed = msgpack.packb({**fields, PAD_KEY: bytes(extra)}, use_bin_type=True)
+        prefix = b"\x92" + packed + tail
+    return prefix, layout, end
+
+
+def _specs(
+    arrays: Mapping[str, np.ndarray], dtype: np.dtype | None = None
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    return {name: (dtype or np.dtype(a.dtype), tuple(a.shape)) for name, a in arrays.items()}
+
+
+def _byte_view(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def frame_buffers(
+    header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
+) -> EncodedFrame:
+    """The frame of header and arrays without copying the arrays: the buffers are views of them.
+
+    The arrays must not change until the frame is sent. For a push: the worker's fresh gradients.
+    """
+    arrays = arrays or {}
+    prefix, layout, _ = _layout(header, _specs(arrays))
+    buffers: list[bytes | memoryview] = [prefix]
+    end = 0
+    for name, array in arrays.items():
+        offset, nbytes = layout[name][2:]
+        if offset > end:
+            buffers.append(bytes(offset - end))
+        if nbytes:
+            buffers.append(_byte_view(array))
+        end = offset + nbytes
+    return EncodedFrame(tuple(buffers), len(prefix) + end)
+
+
+def snapshot_frame(
+    header: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray] | None = None,
+    dtype: str | np.dtype | None = None,
+    pool: BufferPool = BUFFERS,
+) -> EncodedFrame:
+    """The frame with the arrays copied once into one payload buffer: a snapshot that stays
+    valid while the arrays go on changing (a shard's parameters of one version).
+
+    With ``dtype`` (a 16-bit float for half the bytes), every array is converted in that same
+    copy. The buffer comes from ``pool``: one that no earlier reply is still being sent from.
+    """
+    arrays = arrays or {}
+    wire = None if dtype is None else WIRE_DTYPES[np.dtype(dtype).name]
+    prefix, layout, size = _layout(header, _specs(arrays, wire))
+    payload = pool.take(size)
+    end = 0
+    for name, array in arrays.items():
+        kind, shape, offset, nbytes = layout[name]
+        payload[end:offset] = 0
+        target = payload[offset : offset + nbytes].view(WIRE_DTYPES[kind]).reshape(shape)
+        np.copyto(target, array, casting="same_kind")
+        end = offset + nbytes
+    return EncodedFrame((prefix, memoryview(payload)), len(prefix) + size)
+
+
 def encode_frame(
     header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
 ) -> bytes:
-    """Encode header and arrays as one msgpack ``[header, bin]`` body.
+    """Encode header and arrays as one msgpack ``[header, bin]`` body, as ``bytes``.
 
-    The arrays are copied exactly once, into the body; callers that send the same parameters to
-    many workers encode once per version and reuse the bytes.
+    The arrays are copied exactly once, into the body. The data path sends ``frame_buffers``
+    (no copy) or a cached ``snapshot_frame`` instead.
     """
-    arrays = arrays or {}
-    layout: dict[str, list[Any]] = {}
-    offset = 0
-    for name, array in arrays.items():
-        dtype = np.dtype(array.dtype)
-        if dtype.name not in WIRE_DTYPES:
-            raise ValueError(f"array {name!r}: dtype {dtype} cannot cross the wire")
-        layout[name] = [dtype.name, list(array.shape), offset, array.nbytes]
-        offset = _padded(offset + array.nbytes)
-    if "arrays" in header:
-        raise ValueError("'arrays' is reserved in frame headers")
-    packed_header = msgpack.packb({**header, "arrays": layout}, use_bin_type=True)
-    # 0x92: fixarray of two; 0xc6: bin 32 with a big-endian length. Always bin 32, so the payload
-    # offset is known before the payload is written.
-    prefix = b"\x92" + packed_header + b"\xc6" + struct.pack(">I", offset)
-    body = bytearray(len(prefix) + offset)
-    body[: len(prefix)] = prefix
-    view = memoryview(body)
-    base = len(prefix)
-    for name, array in arrays.items():
-        start = base + layout[name][2]
-        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        view[start : start + flat.nbytes] = flat.data
-    return bytes(body)
+    return frame_buffers(header, arrays).tobytes()
 
 
 def _bin_span(view: memoryview, pos: int) -> tuple[int, int]:
@@ -147,13 +314,23 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
     if len(view) < 2 or view[0] != 0x92:
         raise ProtocolError(ErrorCode.BAD_FRAME, "body is not a msgpack [header, payload] array")
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
-    unpacker.feed(view[1 : 1 + MAX_HEADER_BYTES])
-    try:
-        header = unpacker.unpack()
-    except msgpack.OutOfData as exc:
-        raise ProtocolError(ErrorCode.BAD_FRAME, "header truncated or over 1 MiB") from exc
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"header is not valid msgpack: {exc}") from exc
+    # Feed a small window first (headers are usually well under 1 KiB), then more if needed:
+    # feeding copies, and a 1 MiB window would copy a megabyte of every 40 MB body.
+    end = 1
+    limit = min(len(view), 1 + MAX_HEADER_BYTES)
+    window = 4096
+    while True:
+        start, end = end, min(limit, end + window)
+        unpacker.feed(view[start:end])
+        try:
+            header = unpacker.unpack()
+            break
+        except msgpack.OutOfData as exc:
+            if end >= limit:
+                raise ProtocolError(ErrorCode.BAD_FRAME, "header truncated or over 1 MiB") from exc
+            window *= 16
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"header is not valid msgpack: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "header is not a map")
     start, length = _bin_span(view, 1 + unpacker.tell())
@@ -161,6 +338,7 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
         raise ProtocolError(ErrorCode.BAD_FRAME, "payload length disagrees with the body size")
     payload = view[start:]
     layout = header.pop("arrays", {})
+    header.pop(PAD_KEY, None)
     if not isinstance(layout, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "'arrays' is not a map")
     arrays = {name: _decode_array(name, spec, payload) for name, spec in layout.items()}
@@ -185,7 +363,7 @@ def _decode_array(name: str, spec: Any, payload: memoryview) -> np.ndarray:
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: bad shape {shape!r}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, nbytes)):
         raise ProtocolError(ErrorCode.BAD_FRAME, f"array {name!r}: bad offset or size")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if count * dtype.itemsize != nbytes or offset + nbytes > len(payload):
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape disagrees with its bytes")
     return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)

@@ -56,6 +56,12 @@ class DelayKind(StrEnum):
     LONG_TAIL = "long_tail"  # usually delay_s * factor, with probability 5% twenty times that
 
 
+class WireDtype(StrEnum):
+    FLOAT32 = "float32"  # exact
+    FLOAT16 = "float16"  # half the bytes; 11-bit mantissa, range +-65504
+    BFLOAT16 = "bfloat16"  # half the bytes; float32's range, 8-bit mantissa
+
+
 class Backend(StrEnum):
     AUTO = "auto"  # CuPy when it and a GPU are present, NumPy otherwise
     NUMPY = "numpy"
@@ -162,11 +168,28 @@ class JobConfig(BaseModel):
     checkpoint_every: int = Field(
         50, ge=0, description="Shards checkpoint every this many versions (0: only on stop)."
     )
+    wire_dtype: WireDtype = Field(
+        WireDtype.FLOAT32,
+        description="Gradients and parameters on the wire: float32, float16 or bfloat16 (half "
+        "the bytes; shards still sum and update in float32).",
+    )
 
     @model_validator(mode="after")
     def _check_job(self) -> Self:
         if self.mode is Mode.ASYNC and self.spares:
             raise ValueError("PSC_SPARES: spare replicas only apply to sync mode; set it to 0")
+        if self.mode is Mode.SYNC:
+            # Stale-gradient control means nothing where every gradient is fresh; refusing it
+            # beats a user believing a setting is in force.
+            async_only = {
+                "PSC_MAX_STALENESS": self.max_staleness is not None,
+                "PSC_STALENESS_POLICY": self.staleness_policy is not StalenessPolicy.NONE,
+                "PSC_LR_DIVIDE_BY_WORKERS": self.lr_divide_by_workers,
+                "PSC_WARMUP_STEPS": self.warmup_steps > 0,
+            }
+            for variable, is_set in async_only.items():
+                if is_set:
+                    raise ValueError(f"{variable}: applies to async mode only (PSC_MODE=async)")
         if self.mode is Mode.ASYNC and self.warmup_steps >= self.steps:
             raise ValueError(
                 f"PSC_WARMUP_STEPS: {self.warmup_steps} warmup updates leave none of the "
@@ -255,6 +278,9 @@ class WorkerSettings(ServiceSettings):
     )
     worker_id: str | None = Field(
         None, description="Stable name of this worker; default hostname-pid."
+    )
+    rank: int | None = Field(
+        None, ge=0, description="Rank to ask the coordinator for (unset: the lowest free one)."
     )
     backend: Backend = Field(Backend.AUTO, description="Array backend: auto, numpy or cupy.")
     delay: DelayKind = Field(

@@ -110,3 +110,6 @@ def test_judge_async_push() -> None:
     assert async_verdict(warmup_steps=11).code is ErrorCode.WARMUP
     assert async_verdict(warmup_steps=11, rank=0).accepted
     assert async_verdict(warmup_steps=10).accepted
+    # Rank 0 gone: the lowest live rank leads the warmup instead.
+    assert async_verdict(warmup_steps=11, rank=1, leader=1).accepted
+    assert async_verdict(warmup_steps=11, rank=0, leader=1).code is ErrorCode.WARMUP

@@ -40,7 +40,7 @@ class WorkerService:
         self.done = done
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.coordinator = settings.coordinator_url.rstrip("/")
-        self.rank = -1
+        self.rank = -1 if settings.rank is None else settings.rank
         self.steps = 0
         self.failed: BaseException | None = None
 

@@ -42,6 +42,7 @@ EXPECTED = {
     ErrorCode.FUTURE_VERSION.value,  # the shard restarted from an older checkpoint: rewind
 }
 LONG_POLL_S = PULL_LONG_POLL_S
+WARMUP_POLLS = 6  # a minute of long-polls before a waiting worker checks in with a push
 
 
 class ShardRefused(RuntimeError):
@@ -103,13 +104,14 @@ class Trainer:
             shard.version = reply.version
         shard.done = shard.done or reply.done
 
-    async def pull_all(self, *, at_least: int = 0) -> None:
-        """Fetch every shard's parameters, long-polling until each is at ``at_least``."""
+    async def pull_all(self, *, at_least: int = 0, max_polls: int = 1) -> None:
+        """Fetch every shard's parameters, long-polling (at most ``max_polls`` times) until each
+        is at ``at_least``."""
         started = time.perf_counter()
 
         async def pull(index: int) -> None:
             shard = self.shards[index]
-            while True:
+            for _ in range(max_polls):
                 reply = await shard.client.pull(after=at_least - 1, wait_s=LONG_POLL_S)
                 self._absorb(index, reply)
                 if reply.version >= at_least or reply.done:
@@ -165,9 +167,13 @@ class Trainer:
                 self._absorb(
                     index, await shard.client.pull(after=shard.version, wait_s=LONG_POLL_S)
                 )
-            elif reply.status in (ErrorCode.UNKNOWN_WORKER.value, ErrorCode.WARMUP.value):
-                # Not a member (yet), or warmup: wait for the heartbeat to re-register us or for
-                # warmup to end, instead of spinning.
+            elif reply.status == ErrorCode.WARMUP.value:
+                # Another rank leads the warmup: wait for it to end (one bounded long-poll, so
+                # that if the leader dies this worker comes back and may lead in its place).
+                after = self.job.warmup_steps - 1
+                self._absorb(index, await shard.client.pull(after=after, wait_s=LONG_POLL_S))
+            elif reply.status == ErrorCode.UNKNOWN_WORKER.value:
+                # Not a member (yet): the heartbeat re-registers us; do not spin meanwhile.
                 await asyncio.sleep(0.1)
 
         await asyncio.gather(
@@ -180,8 +186,9 @@ class Trainer:
     async def run(self) -> int:
         """Train until every shard says the job is done; returns the steps computed."""
         warmup = self.job.warmup_steps if self.job.mode is Mode.ASYNC and self.rank() != 0 else 0
-        # Rank != 0 in async warmup waits here until rank 0 has made W updates.
-        await self.pull_all(at_least=warmup)
+        # Rank != 0 in async warmup waits here while rank 0 makes the first W updates; bounded,
+        # after which its pushes learn from the shards whether warmup is still on.
+        await self.pull_all(at_least=warmup, max_polls=WARMUP_POLLS)
         step = 0
         next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step))
         while not all(shard.done for shard in self.shards):
