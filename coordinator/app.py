@@ -31,7 +31,7 @@ from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
 from pscluster.protocol import ErrorCode, ProtocolError, decode_frame, error_json
-from pscluster.service import add_auth, add_observability
+from pscluster.service import add_auth, add_observability, background
 from pscluster.settings import CoordinatorSettings, Mode
 from pscluster.sharding import allocate_full, assemble_into, compute_shard_map
 
@@ -416,13 +416,8 @@ async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
             app[METRICS].observe_status(coordinator)
             await asyncio.sleep(settings.poll_interval_s)
 
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(run()):
+        yield
     await coordinator.http.close()
 
 

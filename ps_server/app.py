@@ -20,7 +20,7 @@ from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
-from pscluster.service import add_auth, add_observability
+from pscluster.service import add_auth, add_observability, background
 from pscluster.settings import ShardSettings
 from pscluster.sharding import slice_part
 
@@ -232,13 +232,8 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                 log.info("coordinator not reachable yet (%s); retrying", type(exc).__name__)
             await asyncio.sleep(settings.register_interval_s if slot.state else 0.2)
 
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(run()):
+        yield
     await session.close()
 
 
@@ -274,13 +269,8 @@ async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
             slot.state.checkpoint_due.clear()
             await write_checkpoint(slot.state, store)
 
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(run()):
+        yield
     # In-flight requests have finished by now (cleanup runs after the server's shutdown).
     if slot.state is not None:
         await write_checkpoint(slot.state, store)

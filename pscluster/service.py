@@ -101,6 +101,19 @@ async def serve_until_signal(factory: AppFactory, settings: ServiceSettings) -> 
     return app
 
 
+@contextlib.asynccontextmanager
+async def background(work: Awaitable[None]) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the life of the block (a ``cleanup_ctx`` loop); on exit cancel
+    it and wait for it. Its own exceptions propagate: a loop that dies of a bug is not hidden."""
+    task = asyncio.ensure_future(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # A service that finishes by itself (a worker at the end of the job) sets this event.
 SERVICE_DONE = web.AppKey("service_done", asyncio.Event)
 

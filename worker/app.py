@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from pscluster.client import backoff_delays, make_session, post_json
 from pscluster.jobspec import Registration
 from pscluster.protocol import ErrorCode
-from pscluster.service import SERVICE_DONE, add_auth, add_observability
+from pscluster.service import SERVICE_DONE, add_auth, add_observability, background
 from pscluster.settings import WorkerSettings
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient
@@ -135,13 +135,8 @@ SERVICE = web.AppKey("worker_service", WorkerService)
 
 
 async def training_task(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[SERVICE].run())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(app[SERVICE].run()):
+        yield
 
 
 def build_app(settings: WorkerSettings, url: str) -> web.Application:

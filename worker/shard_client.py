@@ -74,7 +74,18 @@ class ShardClient:
         if resp.status >= 500 or resp.content_type != MSGPACK:
             # Not ready, overloaded or restarting: a connection-level failure for retry().
             raise aiohttp.ClientConnectionError(f"shard {self.index} answered {resp.status}")
-        body = await read_frame_body(resp.content, resp.content_length, MAX_REPLY_BYTES)
+        connection = resp.connection
+        direct = (
+            (connection.transport, connection.protocol)
+            if connection is not None
+            and connection.transport is not None
+            and connection.protocol is not None
+            and "Content-Encoding" not in resp.headers
+            else None
+        )
+        body = await read_frame_body(
+            resp.content, resp.content_length, MAX_REPLY_BYTES, connection=direct
+        )
         frame = decode_frame(body)
         status = resp.headers.get("PS-Status", default_status)
         if resp.status >= 400 and status in ("", default_status):
