@@ -15,7 +15,13 @@ from prometheus_client import CollectorRegistry
 from ps_server.checkpoint import CheckpointStore
 from ps_server.metrics import ShardMetrics
 from ps_server.state import OFFLOAD_ELEMENTS, ShardState
-from pscluster.client import FramePayload, make_session, post_json, read_frame_body
+from pscluster.client import (
+    DIRECT_REQUEST_BYTES,
+    FramePayload,
+    make_session,
+    post_json,
+    read_frame_body,
+)
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
@@ -85,12 +91,23 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 
 async def handle_push(request: web.Request) -> web.Response:
     state: ShardState | None = None
+    # A large body is read straight from the socket, past aiohttp's parser: then the connection
+    # is closed after the reply instead of reused (the client opens a new one; at these sizes
+    # a new connection costs ~1 ms, the direct read saves ~9 ms on a 40 MB push).
+    direct = (
+        (request.content_length or 0) >= DIRECT_REQUEST_BYTES
+        and request.transport is not None
+        and "Content-Encoding" not in request.headers
+    )
     try:
         state = _state(request)
         settings = request.app[SETTINGS]
-        # Streamed into one buffer as it arrives; the gradients are views of it, never copied.
+        # Into one buffer as it arrives; the gradients are views of it, never copied.
         body = await read_frame_body(
-            request.content, request.content_length, int(settings.max_body_mb * 2**20)
+            request.content,
+            request.content_length,
+            int(settings.max_body_mb * 2**20),
+            connection=(request.transport, request.protocol) if direct else None,  # type: ignore[arg-type]
         )
         state.metrics.bytes_received.inc(len(body))
         frame = decode_frame(body)
@@ -111,7 +128,10 @@ async def handle_push(request: web.Request) -> web.Response:
         else:
             grads = state.validate_gradients(frame.arrays, owned=True)
     except ProtocolError as exc:
-        return refusal(state, exc)
+        refused = refusal(state, exc)
+        if direct:
+            refused.force_close()
+        return refused
     assert isinstance(rank, int) and isinstance(base_version, int)
     verdict = await state.push(worker=worker, rank=rank, base_version=base_version, grads=grads)
     want_params = bool(header.get("want_params", False))
@@ -131,7 +151,10 @@ async def handle_push(request: web.Request) -> web.Response:
     status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
     headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}"}
-    return web.Response(body=body, status=status, headers=headers)
+    response = web.Response(body=body, status=status, headers=headers)
+    if direct:
+        response.force_close()
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

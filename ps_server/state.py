@@ -295,29 +295,36 @@ class ShardState:
         self._version_changed.set()
         self._version_changed = asyncio.Event()
 
+    def _adoptable(self, grads: Mapping[str, np.ndarray], key: str) -> bool:
+        """Whether this gradient can become the running sum as it is, without a copy."""
+        grad = grads[key]
+        return (
+            isinstance(grads, OwnedGradients)
+            and grad.dtype == self._sum[key].dtype
+            and grad.flags.writeable
+            and grad.flags.c_contiguous
+        )
+
     def _copy_into_scratch(self, grads: Mapping[str, np.ndarray]) -> None:
-        owned = isinstance(grads, OwnedGradients)
         for key, total in list(self._sum.items()):
-            grad = grads[key]
-            if (
-                owned
-                and grad.dtype == total.dtype
-                and grad.flags.writeable
-                and grad.flags.c_contiguous
-            ):
+            if self._adoptable(grads, key):
                 # The request's own buffer becomes the running sum: no pass to copy it. (The
                 # buffer it replaces goes back to the pool once nothing refers to it.)
-                self._sum[key] = grad
+                self._sum[key] = grads[key]
             else:
-                np.copyto(total, grad)  # upcasts a 16-bit gradient
+                np.copyto(total, grads[key])  # upcasts a 16-bit gradient
 
     def _add_into_sum(self, grads: Mapping[str, np.ndarray]) -> None:
         for key, total in self._sum.items():
             np.add(total, grads[key], out=total)
 
     async def _math(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run array math inline when small, on a thread when large (NumPy releases the GIL)."""
-        if self._elements < OFFLOAD_ELEMENTS:
+        """Run array math inline when small, on a thread when large (NumPy releases the GIL).
+        Adopting owned gradients as the running sum is no math: inline too."""
+        adopting = fn == self._copy_into_scratch and all(
+            self._adoptable(args[0], key) for key in self._sum
+        )
+        if self._elements < OFFLOAD_ELEMENTS or adopting:
             fn(*args)
         else:
             await asyncio.to_thread(fn, *args)

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import aiohttp
 import aiohttp.payload
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.web_protocol import RequestPayloadError
 
 from pscluster.protocol import BUFFERS, MSGPACK, BufferPool, EncodedFrame, ErrorCode, ProtocolError
 
@@ -102,17 +104,120 @@ async def read_body(content: aiohttp.StreamReader, length: int | None, max_bytes
     return buffer
 
 
-async def read_frame_body(
-    content: aiohttp.StreamReader, length: int | None, max_bytes: int, pool: BufferPool = BUFFERS
-) -> memoryview:
-    """Read a data-plane body chunk by chunk into one preallocated buffer, for ``decode_frame``.
+# Bodies at least this large are received straight from the socket into their buffer. A client
+# keeps the connection afterwards; a server closes it after the reply (see ``_read_direct``), so
+# it reads requests directly only from a larger size, where that pays for the new connection
+# (measured on loopback: at 4 MB keep-alive wins, at 40 MB the direct read by far).
+DIRECT_READ_BYTES = 1 << 20
+DIRECT_REQUEST_BYTES = 1 << 24
 
-    Each chunk is copied once, from the socket's chunk to its final place; the arrays decoded
-    from the result are views of it. The buffer comes from ``pool``: one that an earlier body
-    no longer needs (none of its arrays is alive), or a new one.
+# A connection's transport and the aiohttp protocol on it (``request.transport`` and
+# ``request.protocol`` on a server, ``resp.connection.transport`` and ``.protocol`` on a client).
+Connection = tuple[asyncio.Transport, asyncio.BaseProtocol]
+
+
+class _DirectReader(asyncio.BufferedProtocol):
+    """Stands in for aiohttp's protocol on a connection while the rest of one body arrives: the
+    event loop reads from the socket straight into the body's buffer, as ``recv_into`` does."""
+
+    def __init__(self, view: memoryview, original: asyncio.BaseProtocol) -> None:
+        self._view = view
+        self._filled = 0
+        self._original = original
+        self._transport: asyncio.BaseTransport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled >= len(self._view) and not self.done.done():
+            assert self._transport is not None
+            # Not a byte more: what follows belongs to aiohttp again.
+            self._transport.pause_reading()  # type: ignore[attr-defined]
+            self.done.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionResetError("peer closed the connection mid-body"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("connection lost mid-body"))
+        self._original.connection_lost(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def _read_direct(
+    content: aiohttp.StreamReader,
+    view: memoryview,
+    transport: asyncio.Transport,
+    protocol: asyncio.BaseProtocol,
+) -> None:
+    """Read a body into ``view``: what aiohttp has buffered already, then the rest straight from
+    the socket, with ``protocol`` swapped out meanwhile.
+
+    aiohttp's parser never sees those bytes, so its payload is marked complete here; a server
+    must not reuse the connection after its reply (``Response.force_close``), a client may (it
+    gets a fresh parser per request). One copy per byte, by the kernel, instead of four.
     """
-    view = memoryview(pool.take(_check_length(length, max_bytes)))
-    await _fill(content, view)
+    head = content.read_nowait(-1)
+    filled = len(head)
+    if filled > len(view):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "body longer than its Content-Length")
+    view[:filled] = head
+    if filled < len(view):
+        if content.is_eof():
+            raise ProtocolError(ErrorCode.BAD_FRAME, "body shorter than its Content-Length")
+        reading = transport.is_reading()
+        reader = _DirectReader(view[filled:], protocol)
+        reader._transport = transport
+        transport.pause_reading()
+        transport.set_protocol(reader)
+        transport.resume_reading()
+        completed = False
+        try:
+            await reader.done
+            completed = True
+        except (ConnectionError, OSError) as exc:
+            # What aiohttp itself raises for a body cut short, on either side.
+            client = isinstance(protocol, ResponseHandler)
+            error = aiohttp.ClientPayloadError if client else RequestPayloadError
+            raise error(f"body cut short: {exc}") from exc
+        finally:
+            transport.set_protocol(protocol)
+            if not completed:
+                transport.close()  # mid-body: the connection cannot be used again
+            elif reading:
+                transport.resume_reading()
+    content.feed_eof()
+
+
+async def read_frame_body(
+    content: aiohttp.StreamReader,
+    length: int | None,
+    max_bytes: int,
+    pool: BufferPool = BUFFERS,
+    connection: Connection | None = None,
+) -> memoryview:
+    """Read a data-plane body into one preallocated buffer, for ``decode_frame``.
+
+    The arrays decoded from the result are views of it. The buffer comes from ``pool``: one
+    that an earlier body no longer needs (none of its arrays is alive), or a new one. Small
+    bodies arrive chunk by chunk through aiohttp and each chunk is copied once, to its final
+    place. Given the ``connection``, a body of ``DIRECT_READ_BYTES`` or more is read straight
+    from the socket into the buffer (see ``_read_direct``): on loopback that halves the time.
+    Servers pass the connection only for bodies of ``DIRECT_REQUEST_BYTES`` or more.
+    """
+    nbytes = _check_length(length, max_bytes)
+    view = memoryview(pool.take(nbytes))
+    if connection is not None and nbytes >= DIRECT_READ_BYTES:
+        await _read_direct(content, view, *connection)
+    else:
+        await _fill(content, view)
     return view
 
 

@@ -160,7 +160,8 @@ class BufferPool:
                 return min(fits, key=lambda b: b.nbytes)[:nbytes]
             buffer = np.empty(nbytes, dtype=np.uint8)
             if len(self._kept) >= self.keep and free:
-                self._kept.remove(free[0])
+                # Make room: forget the oldest free buffer (by identity: arrays compare by value).
+                self._kept = [b for b in self._kept if b is not free[0]]
             if len(self._kept) < self.keep:
                 self._kept.append(buffer)
             return buffer[:nbytes]

@@ -71,6 +71,9 @@ class ShardClient:
         return await retry(call, attempts=self.attempts)
 
     async def _reply(self, resp: aiohttp.ClientResponse, default_status: str) -> ShardReply:
+        if resp.status == 401:
+            # A wrong or missing cluster token does not heal with retries: fail at once.
+            raise PermissionError(f"shard {self.index} refused the cluster token (401)")
         if resp.status >= 500 or resp.content_type != MSGPACK:
             # Not ready, overloaded or restarting: a connection-level failure for retry().
             raise aiohttp.ClientConnectionError(f"shard {self.index} answered {resp.status}")

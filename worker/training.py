@@ -19,7 +19,7 @@ from pscluster.datasets import Dataset, load_dataset
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.models import build_model
-from pscluster.protocol import ErrorCode
+from pscluster.protocol import ErrorCode, to_wire
 from pscluster.sampling import batch_indices
 from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
 from pscluster.sharding import allocate_full, assemble_into, slice_part
@@ -135,16 +135,24 @@ class Trainer:
         return self.data.x_train[indices], self.data.y_train[indices]
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        params = {name: to_device(self.xp, p) for name, p in self.full.items()}
-        loss, grads = self.model.loss_and_gradients(
-            params, to_device(self.xp, x), to_device(self.xp, y)
-        )
-        return float(loss), {
-            name: np.asarray(to_numpy(g), dtype=np.float32) for name, g in grads.items()
-        }
+        """Loss and gradients on the worker's backend (CuPy on a GPU, else NumPy), returned as
+        host arrays of the job's wire dtype, ready to push. On a GPU a float16 cast happens on
+        the device, so only half the bytes cross PCIe too."""
+        xp, wire = self.xp, self.job.wire_dtype.value
+        params = {name: to_device(xp, p) for name, p in self.full.items()}
+        loss, grads = self.model.loss_and_gradients(params, to_device(xp, x), to_device(xp, y))
+        host: dict[str, np.ndarray] = {}
+        for name, g in grads.items():
+            if xp is not np and wire == "float16":
+                g = g.astype(xp.float16)
+            host[name] = to_wire(to_numpy(g), wire)
+        return float(loss), host
 
     async def _exchange(self, step: int, grads: dict[str, np.ndarray]) -> None:
-        """Push to every shard not yet done; absorb the parameters that come back."""
+        """Push to every shard not yet done, all at once; absorb the parameters that come back.
+
+        ``grads`` are in the wire dtype already; the shards' parts of them are views (no copy),
+        and replies in a 16-bit wire dtype are upcast as they are absorbed."""
         started = time.perf_counter()
         waited = 0.0
 

@@ -1,0 +1,105 @@
+"""Each benchmark runs end to end at tiny sizes and reports the figures it promises.
+
+No test asserts a time: these only check that the benchmarks still run against the current code
+and that their tables and JSON carry numbers in every column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(module: str, *args: str, tmp_path: Path) -> tuple[str, dict]:
+    out = tmp_path / f"{module}.json"
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
+def assert_numbers(row: dict, keys: list[str]) -> None:
+    for key in keys:
+        value = row[key]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, row)
+
+
+@pytest.mark.timeout(120)
+def test_roundtrip_bench(tmp_path: Path) -> None:
+    stdout, figures = run_bench(
+        "roundtrip",
+        "--params",
+        "2e4",
+        "--workers",
+        "2",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0.02",
+        tmp_path=tmp_path,
+    )
+    for title in ("raw rt/s", "naive MB/s", "project rt/s", "project/raw", "project/naive"):
+        assert title in stdout
+    (row,) = figures["rows"]
+    assert (row["params"], row["workers"]) == (20000, 2)
+    assert_numbers(row, [f"{i}_{u}" for i in ("raw", "naive", "project") for u in ("rts", "mbps")])
+    assert_numbers(row, ["vs_raw", "vs_naive"])
+
+
+@pytest.mark.timeout(120)
+def test_aggregate_bench(tmp_path: Path) -> None:
+    stdout, figures = run_bench(
+        "aggregate",
+        "--params",
+        "1e4",
+        "--workers",
+        "1,3",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0.01",
+        tmp_path=tmp_path,
+    )
+    assert "vs copy" in stdout and "copy GB/s" in stdout
+    rows = figures["rows"]
+    assert {(r["workers"], r["optimizer"]) for r in rows} == {
+        (n, o) for n in (1, 3) for o in ("sgd", "momentum", "adam")
+    }
+    for row in rows:
+        assert_numbers(row, ["step_ms", "steps_per_s", "gb_per_s", "copy_gb_per_s", "vs_copy"])
+
+
+@pytest.mark.timeout(180)
+def test_training_bench(tmp_path: Path) -> None:
+    stdout, figures = run_bench(
+        "training",
+        "--workers",
+        "2",
+        "--wire-dtypes",
+        "float32",
+        "--steps",
+        "8",
+        tmp_path=tmp_path,
+    )
+    for title in ("samples/s", "compute ms", "push ms", "wait ms", "wire dtype"):
+        assert title in stdout
+    (row,) = figures["rows"]
+    assert row["workers"] == 2 and row["steps"] == 8
+    assert_numbers(row, ["samples_per_s", "step_ms", "compute_ms", "push_ms", "accuracy"])
+    assert row["pull_ms"] >= 0 and row["wait_ms"] >= 0
+    # float32 at the largest worker count reuses the run above: one cluster start in all.
+    assert [r["wire_dtype"] for r in figures["precision"]] == ["float32"]
+    for precise in figures["precision"]:
+        assert 0 < precise["accuracy"] <= 1 and math.isfinite(precise["loss"])
