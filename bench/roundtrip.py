@@ -51,6 +51,7 @@ from bench.common import (
     format_table,
     write_json,
 )
+from pscluster.client import tune_allocator
 
 IMPLEMENTATIONS = ("raw", "naive", "project")
 
@@ -248,6 +249,8 @@ def columns(impls: Sequence[str]) -> list[Column]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # As every service does at start (pscluster.service.run_service), in each helper process too.
+    tune_allocator()
     parser = argparse.ArgumentParser(
         prog="python -m bench.roundtrip", description=(__doc__ or "").split("\n\n")[0]
     )

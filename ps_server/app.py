@@ -146,7 +146,7 @@ async def handle_push(request: web.Request) -> web.Response:
     # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
     send_params = want_params and verdict.code is not ErrorCode.DUPLICATE
     # Parameters are encoded once per version and written straight from that snapshot.
-    body = FramePayload(state.encoded_params() if send_params else state.status_frame())
+    body = FramePayload(await state.encoded_params() if send_params else state.status_frame())
     state.metrics.bytes_sent.inc(body.size)
     status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
@@ -194,7 +194,7 @@ async def handle_params(request: web.Request) -> web.Response:
         return refusal(state, exc)
     if wait_s > 0:
         await state.wait_for_version(after, wait_s)
-    body = FramePayload(state.encoded_params())
+    body = FramePayload(await state.encoded_params())
     state.metrics.bytes_sent.inc(body.size)
     return web.Response(body=body)
 

@@ -77,11 +77,14 @@ class Adam:
             if scale != 1.0:
                 g *= np.float32(scale)
             m, v = self._m[name], self._v[name]
+            # In place, no temporaries as large as p: b m + (1 - b) g == b (m - g) + g.
+            m -= g
             m *= self.beta1
-            m += (1 - self.beta1) * g
+            m += g
+            np.square(g, out=g)  # g is scratch from here on
+            v -= g
             v *= self.beta2
-            v += (1 - self.beta2) * np.square(g)
-            # g is scratch from here on: reuse it for the update direction.
+            v += g
             np.sqrt(v, out=g)
             g += np.float32(self.eps)
             np.divide(m, g, out=g)

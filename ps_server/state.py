@@ -75,7 +75,7 @@ class ShardState:
         self._round_started = 0.0
         self._lock = asyncio.Lock()
         self._version_changed = asyncio.Event()
-        self._encoded: tuple[int, bytes] | None = None
+        self._encoded: tuple[int, EncodedFrame] | None = None
         self._elements = sum(p.size for p in params.values())
         self.stopping = False
         self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes
@@ -96,16 +96,26 @@ class ShardState:
         live = None if self.members is None else len(self.members)
         return required_contributions(self.job.workers, live)
 
-    def encoded_params(self) -> EncodedFrame:
+    async def encoded_params(self) -> EncodedFrame:
         """The parameters of the current version as a frame, encoded once per version: a snapshot
         that replies are written from while the next version is being computed."""
+        cached = self._encoded
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        # Encoded under the lock, between two updates: a snapshot taken while an update runs on
+        # a thread would mix two versions and be cached as one.
+        return await self._locked(self._encode_current)
+
+    async def _encode_current(self) -> EncodedFrame:
         if self._encoded is None or self._encoded[0] != self.version:
             header = {"version": self.version, "done": self.done, "shard": self.index}
             wire = self.job.wire_dtype.value
-            self._encoded = (
-                self.version,
-                snapshot_frame(header, self.params, dtype=None if wire == "float32" else wire),
-            )
+            dtype = None if wire == "float32" else wire
+            if self._elements < OFFLOAD_ELEMENTS:
+                frame = snapshot_frame(header, self.params, dtype=dtype)
+            else:
+                frame = await asyncio.to_thread(snapshot_frame, header, self.params, dtype=dtype)
+            self._encoded = (self.version, frame)
         return self._encoded[1]
 
     def status_frame(self) -> bytes:

@@ -64,10 +64,6 @@ def tune_allocator(mmap_threshold: int = 1 << 20, trim_threshold: int = 64 << 20
     )
 
 
-# Every service moves its data-plane bodies through this module: tune the allocator once, here.
-tune_allocator()
-
-
 def _check_length(length: int | None, max_bytes: int) -> int:
     if length is None:
         raise ProtocolError(ErrorCode.LENGTH_REQUIRED, "a Content-Length is required", 411)

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from pscluster.client import tune_allocator
 from pscluster.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def run_service(factory: AppFactory, settings: ServiceSettings) -> web.Applicati
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     uvloop.install()
+    tune_allocator()
     return asyncio.run(serve_until_signal(factory, settings))
 
 

@@ -105,7 +105,7 @@ async def test_shard_sums_16_bit_pushes_in_float32(dtype: str) -> None:
         np.testing.assert_allclose(state.params[name], -0.5 * mean, rtol=1e-6)
         assert state.params[name].dtype == np.float32
     # Parameters go out in the wire dtype, encoded once per version.
-    served = decode_frame(state.encoded_params().tobytes())
+    served = decode_frame((await state.encoded_params()).tobytes())
     assert served.header["version"] == 1
     assert all(a.dtype == wire for a in served.arrays.values())
     np.testing.assert_array_equal(served.arrays["w"], to_wire(state.params["w"], dtype))

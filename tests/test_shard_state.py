@@ -73,10 +73,10 @@ async def test_long_poll_wakes_on_the_next_version() -> None:
 
 async def test_encoded_params_are_cached_per_version() -> None:
     state = make_state(workers=1)
-    first = state.encoded_params()
-    assert state.encoded_params() is first
+    first = await state.encoded_params()
+    assert (await state.encoded_params()) is first
     await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
-    assert state.encoded_params() is not first
+    assert (await state.encoded_params()) is not first
 
 
 def test_validation_refuses_bad_gradients() -> None:
@@ -108,3 +108,33 @@ async def test_async_applies_lr_times_scale_times_g() -> None:
     verdict = await state.push(worker="b", rank=1, base_version=0, grads=grad(2.0))
     assert verdict.staleness == 4 and verdict.scale == 0.25
     np.testing.assert_allclose(state.params["w"], before - 0.5 * 0.25 * 2.0)
+
+
+async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> None:
+    import threading
+
+    import ps_server.state as state_module
+    from pscluster.protocol import decode_frame
+
+    monkeypatch.setattr(state_module, "OFFLOAD_ELEMENTS", 0)  # update math on a thread
+    state = make_state(workers=1)
+    halfway, resume = threading.Event(), threading.Event()
+
+    def slow_apply(params, grads, scale) -> None:
+        params["w"] -= 1.0  # the first half of the update...
+        halfway.set()
+        resume.wait(5)
+        params["b"] -= 1.0  # ...and the second
+
+    state.optimizer.apply = slow_apply
+    push = asyncio.create_task(state.push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    assert await asyncio.to_thread(halfway.wait, 5)
+    snapshot = asyncio.create_task(state.encoded_params())
+    await asyncio.sleep(0.05)
+    assert not snapshot.done()  # it waits for the update to finish
+    resume.set()
+    await push
+    frame = decode_frame((await snapshot).tobytes())
+    assert frame.header["version"] == 1
+    np.testing.assert_array_equal(frame.arrays["w"], -1.0)
+    np.testing.assert_array_equal(frame.arrays["b"], -1.0)
