@@ -103,3 +103,36 @@ def test_training_bench(tmp_path: Path) -> None:
     assert [r["wire_dtype"] for r in figures["precision"]] == ["float32"]
     for precise in figures["precision"]:
         assert 0 < precise["accuracy"] <= 1 and math.isfinite(precise["loss"])
+
+
+def test_stragglers_bench(tmp_path: Path) -> None:
+    stdout, figures = run_bench(
+        "stragglers",
+        "--pattern",
+        "one-slow",
+        "--workers",
+        "2",
+        "--spares",
+        "1",
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--delay-s",
+        "0.001",
+        tmp_path=tmp_path,
+    )
+    for title in ("ms/step", "s to target", "accuracy", "dropped"):
+        assert title in stdout
+    configs = [row["config"] for row in figures["rows"]]
+    assert configs == [
+        "sync, 1 spares",
+        "async",
+        "async, drop staleness > 4",
+        "async, lr / staleness",
+    ]
+    for row in figures["rows"]:
+        assert_numbers(row, ["step_ms", "gradients_per_s", "seconds", "loss", "accuracy"])
+        assert row["history"], row["config"]  # the loss curve the plot draws
+    # Sync runs 6 steps of N = 2 gradients; async N times as many single-gradient steps.
+    assert [row["steps"] for row in figures["rows"]] == [6, 12, 12, 12]
