@@ -79,6 +79,31 @@ def machine() -> dict[str, Any]:
     }
 
 
+def pscluster_up(flags: Sequence[str], run_dir: Path, timeout_s: float = 600) -> dict[str, Any]:
+    """Run ``pscluster up`` with ``flags`` (logs under ``run_dir``, which must not exist yet) and
+    return its summary; raise with the launcher's output if it fails."""
+    summary_path = run_dir.with_name(run_dir.name + "-summary.json")
+    command = [
+        *(sys.executable, "-m", "pscluster.cli", "up", "--quiet"),
+        *("--run-dir", str(run_dir), "--summary-json", str(summary_path)),
+        *flags,
+    ]
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} exited {done.returncode}:\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+    return json.loads(summary_path.read_text())
+
+
 def write_json(path: Path | None, bench: str, rows: list[dict[str, Any]], **extra: Any) -> None:
     if path is None:
         return

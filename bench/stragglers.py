@@ -16,9 +16,7 @@ step moves the model about as far as N async steps (``--no-linear-scaling`` turn
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Column, format_table, write_json
+from bench.common import Column, format_table, pscluster_up, write_json
 
 # Straggler patterns, as ``pscluster up`` flags (the base delay comes from --delay-s).
 PATTERNS: dict[str, list[str]] = {
@@ -84,29 +82,8 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 def run_config(config: Config, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One ``pscluster up``; returns its summary JSON (or raises with the launcher's output)."""
     slug = "".join(c if c.isalnum() else "-" for c in config.name).strip("-")
-    summary_path = work / f"{slug}.json"
-    command = [
-        sys.executable, "-m", "pscluster.cli", "up", "--quiet",
-        "--run-dir", str(work / slug),
-        "--summary-json", str(summary_path),
-        "--timeout", str(args.timeout),
-        *common_flags(args),
-        *config.flags,
-    ]  # fmt: skip
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=args.timeout + 60,
-        stdin=subprocess.DEVNULL,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{config.name}: pscluster up exited {result.returncode}\n"
-            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
-        )
-    return json.loads(summary_path.read_text())
+    flags = ["--timeout", str(args.timeout), *common_flags(args), *config.flags]
+    return pscluster_up(flags, work / slug, timeout_s=args.timeout + 60)
 
 
 def time_to_loss(history: list[dict[str, float]], target: float) -> float | None:

@@ -14,16 +14,13 @@ gradients and parameters in 16 bits.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Column, counts, format_table, write_json
+from bench.common import Column, counts, format_table, pscluster_up, write_json
 
 PHASES = ("pull", "compute", "push", "wait")
 
@@ -31,18 +28,12 @@ PHASES = ("pull", "compute", "push", "wait")
 def run_job(workers: int, wire_dtype: str, extra: Sequence[str]) -> dict[str, Any]:
     """One ``pscluster up`` run; its summary."""
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        summary_path = Path(tmp) / "summary.json"
-        command = [
-            *(sys.executable, "-m", "pscluster.cli", "up", "--quiet"),
+        flags = [
             *("--model", "mlp", "--dataset", "digits", "--mode", "sync"),
             *("--workers", str(workers), "--spares", "0", "--wire-dtype", wire_dtype),
-            *("--summary-json", str(summary_path), "--run-dir", str(Path(tmp) / "run")),
             *extra,
         ]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-        return json.loads(summary_path.read_text())
+        return pscluster_up(flags, Path(tmp) / "run")
 
 
 def row_of(workers: int, wire_dtype: str, summary: dict[str, Any]) -> dict[str, Any]:

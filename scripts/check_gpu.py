@@ -22,8 +22,6 @@ Exit status: 0 when everything agrees, 1 on a mismatch, 2 when CuPy or a CUDA de
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import pscluster_up  # noqa: E402
 from pscluster import backend  # noqa: E402
 from pscluster.datasets import load_dataset  # noqa: E402
 from pscluster.models import build_model  # noqa: E402
@@ -169,17 +168,16 @@ def check_training(xp: ModuleType) -> None:
 
 
 def cluster_accuracy(backend_name: str) -> float:
+    flags = [
+        *("--backend", backend_name, "--model", "mlp", "--dataset", "digits"),
+        *("--workers", "2", "--spares", "0"),
+    ]
     with tempfile.TemporaryDirectory(prefix="check-gpu-") as tmp:
-        summary = Path(tmp) / "summary.json"
-        command = [
-            *(sys.executable, "-m", "pscluster.cli", "up", "--quiet", "--backend", backend_name),
-            *("--model", "mlp", "--dataset", "digits", "--workers", "2", "--spares", "0"),
-            *("--summary-json", str(summary)),
-        ]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise Mismatch(f"pscluster up --backend {backend_name} failed:\n{done.stderr[-2000:]}")
-        return float(json.loads(summary.read_text())["accuracy"])
+        try:
+            summary = pscluster_up(flags, Path(tmp) / "run", timeout_s=300)
+        except RuntimeError as exc:
+            raise Mismatch(f"pscluster up --backend {backend_name} failed: {exc}") from exc
+    return float(summary["accuracy"])
 
 
 def check_cluster(backend_name: str) -> None:
