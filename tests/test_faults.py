@@ -27,7 +27,7 @@ def test_run_survives_sigkill(tmp_path, victim: str) -> None:
     if name.startswith("worker"):
         assert run["restarts"] == {}
         # N = 3 live workers remain: no step ever waits for the dead one's lease to expire.
-        assert run["max_gather_seconds"] < 3 / 5
+        assert run["max_gather_seconds"] < 3 / 2
         survivors = [w for w in run["workers"] if w["worker_id"] != name]
         assert all(w["steps"] > 100 for w in survivors)
     else:
