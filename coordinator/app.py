@@ -25,7 +25,7 @@ from coordinator.membership import (
     members_by_rank,
 )
 from coordinator.metrics import CoordinatorMetrics
-from pscluster.client import get_json, make_session, post_json, read_body
+from pscluster.client import get_json, make_session, post_json, read_body, read_frame_body
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
@@ -357,7 +357,8 @@ async def evaluate(app: web.Application) -> None:
 
     async def pull(index: int, url: str) -> int:
         async with session.get(f"{url}/params", timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            body = await read_body(resp.content, resp.content_length, MAX_PARAMS_BYTES)
+            # Like a worker's pull: into a pooled buffer, arrays decoded as views of it.
+            body = await read_frame_body(resp.content, resp.content_length, MAX_PARAMS_BYTES)
         frame = decode_frame(body)
         assemble_into(full, coordinator.shard_map[index], frame.arrays)
         return int(frame.header["version"])

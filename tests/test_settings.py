@@ -93,13 +93,18 @@ def test_bad_settings_stop_every_entry_point_with_exit_2_and_the_variable_named(
     assert elapsed < 30, f"{len(runs)} refusals took {elapsed:.1f} s"
 
 
-def test_error_message_names_the_variable_and_the_value(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def clear_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PSC_* variable but a token: each test sets exactly the settings it is about."""
     for name in list(os.environ):
         if name.upper().startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PSC_TOKEN", "t")
+
+
+def test_error_message_names_the_variable_and_the_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clear_settings_env(monkeypatch)
     monkeypatch.setenv("PSC_WORKERS", "-1")
     monkeypatch.setenv("PSC_MAX_STALENESS", "soon")
     with pytest.raises(SystemExit) as exit_info:
@@ -114,10 +119,7 @@ def test_error_message_names_the_variable_and_the_value(
 def test_empty_variable_means_default_and_unknown_ones_are_reported(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PSC_TOKEN", "t")
+    clear_settings_env(monkeypatch)
     monkeypatch.setenv("PSC_MAX_STALENESS", "")  # as compose passes ${PSC_MAX_STALENESS:-}
     monkeypatch.setenv("PSC_STEPS", "")
     monkeypatch.setenv("PSC_WORKRS", "8")  # a typo
