@@ -1,7 +1,8 @@
 """Server-side optimizers. Their state lives on the shard beside the parameters it updates.
 
-Updates are in place: a shard's parameters are allocated once, and the encoded copy that pulls
-are served from is made separately, once per version.
+Updates are in place and elementwise: a shard's parameters are allocated once, and an update runs
+block by block (``apply``), so that the copy of the new parameters into the reply snapshot, and
+the step's last gradient added to the sum, ride in the same pass over memory.
 """
 
 from __future__ import annotations
@@ -11,14 +12,23 @@ from typing import Protocol
 
 import numpy as np
 
+from ps_server.kernels import flat, for_each_block
 from pscluster.settings import OptimizerName
 
 Arrays = Mapping[str, np.ndarray]
 
 
 class Optimizer(Protocol):
-    def apply(self, params: Arrays, grads: Arrays, scale: float) -> None:
-        """params <- update(params, scale * grads). ``grads`` may be overwritten (scratch)."""
+    def begin_step(self) -> None:
+        """Once per update, before its blocks (Adam counts its steps here)."""
+        ...
+
+    def update_block(
+        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+    ) -> None:
+        """p <- update(p, scale * g) for one block: ``p`` and ``g`` are the block's elements of
+        parameter ``name`` (``span`` of its flat elements, where the state's block lies too).
+        ``g`` may be overwritten (scratch)."""
         ...
 
     def state(self) -> dict[str, np.ndarray]:
@@ -26,6 +36,43 @@ class Optimizer(Protocol):
         ...
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None: ...
+
+
+def apply(
+    optimizer: Optimizer,
+    params: Arrays,
+    grads: Arrays,
+    scale: float,
+    *,
+    fold: Arrays | None = None,
+    fold_adds: bool = True,
+    snapshot: Arrays | None = None,
+) -> None:
+    """One update of all ``params`` from ``grads`` (scratch: overwritten), block by block and
+    split across cores (see ``kernels``), with two more passes folded into the same one:
+
+    - ``fold``: a gradient added into ``grads`` first (``fold_adds``), or copied into it (the
+      arrays it holds; 16-bit ones are upcast): a sync step's last push, an async push;
+    - ``snapshot``: each block of the new parameters copied there (converted to its dtype)
+      while still in cache: the reply frame of the new version.
+    """
+    optimizer.begin_step()
+    sizes = {name: p.size for name, p in params.items()}
+
+    def block(name: str, span: slice) -> None:
+        g = flat(grads[name])[span]
+        if fold is not None and name in fold:
+            incoming = flat(fold[name])[span]
+            if fold_adds:
+                np.add(g, incoming, out=g)
+            else:
+                np.copyto(g, incoming)
+        p = flat(params[name])[span]
+        optimizer.update_block(name, span, p, g, scale)
+        if snapshot is not None:
+            np.copyto(flat(snapshot[name])[span], p, casting="same_kind")
+
+    for_each_block(sizes, block)
 
 
 class SGD:
@@ -36,18 +83,23 @@ class SGD:
         self.momentum = momentum
         self._velocity = {name: np.zeros_like(p) for name, p in params.items()} if momentum else {}
 
-    def apply(self, params: Arrays, grads: Arrays, scale: float) -> None:
-        for name, p in params.items():
-            g = grads[name]
-            if self.momentum:
-                v = self._velocity[name]
-                v *= self.momentum
-                v += g * np.float32(scale) if scale != 1.0 else g
-                # p -= lr * v without a temporary as large as p: scale g in place (it is scratch).
-                np.multiply(v, np.float32(self.lr), out=g)
-            else:
-                np.multiply(g, np.float32(self.lr * scale), out=g)
-            p -= g
+    def begin_step(self) -> None:
+        pass
+
+    def update_block(
+        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+    ) -> None:
+        if self.momentum:
+            if scale != 1.0:
+                g *= np.float32(scale)
+            v = flat(self._velocity[name])[span]
+            v *= np.float32(self.momentum)
+            v += g
+            # p -= lr * v without a temporary: g is scratch.
+            np.multiply(v, np.float32(self.lr), out=g)
+        else:
+            g *= np.float32(self.lr * scale)
+        p -= g
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"velocity/{name}": v for name, v in self._velocity.items()}
@@ -67,29 +119,32 @@ class Adam:
         self._m = {name: np.zeros_like(p) for name, p in params.items()}
         self._v = {name: np.zeros_like(p) for name, p in params.items()}
         self._t = np.zeros((), dtype=np.int64)
+        self._step = np.float32(0.0)
 
-    def apply(self, params: Arrays, grads: Arrays, scale: float) -> None:
+    def begin_step(self) -> None:
         self._t += 1
         t = int(self._t)
-        step = self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
-        for name, p in params.items():
-            g = grads[name]
-            if scale != 1.0:
-                g *= np.float32(scale)
-            m, v = self._m[name], self._v[name]
-            # In place, no temporaries as large as p: b m + (1 - b) g == b (m - g) + g.
-            m -= g
-            m *= self.beta1
-            m += g
-            np.square(g, out=g)  # g is scratch from here on
-            v -= g
-            v *= self.beta2
-            v += g
-            np.sqrt(v, out=g)
-            g += np.float32(self.eps)
-            np.divide(m, g, out=g)
-            g *= np.float32(step)
-            p -= g
+        self._step = np.float32(self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t))
+
+    def update_block(
+        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+    ) -> None:
+        if scale != 1.0:
+            g *= np.float32(scale)
+        m, v = flat(self._m[name])[span], flat(self._v[name])[span]
+        # In place, no temporaries: b m + (1 - b) g == b (m - g) + g.
+        m -= g
+        m *= np.float32(self.beta1)
+        m += g
+        np.square(g, out=g)  # g is scratch from here on
+        v -= g
+        v *= np.float32(self.beta2)
+        v += g
+        np.sqrt(v, out=g)
+        g += np.float32(self.eps)
+        np.divide(m, g, out=g)
+        g *= self._step
+        p -= g
 
     def state(self) -> dict[str, np.ndarray]:
         return {

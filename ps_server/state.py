@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ps_server.checkpoint import Checkpoint, encode_checkpoint
+from ps_server.kernels import flat, for_each_block
 from ps_server.metrics import ShardMetrics
-from ps_server.optimizers import build_optimizer
+from ps_server.optimizers import apply, build_optimizer
 from ps_server.rules import (
     Verdict,
     judge_async_push,
@@ -30,7 +31,7 @@ from pscluster.protocol import (
     ProtocolError,
     all_finite,
     encode_frame,
-    snapshot_frame,
+    snapshot_target,
 )
 from pscluster.settings import JobConfig, Mode
 
@@ -76,7 +77,8 @@ class ShardState:
         self._lock = asyncio.Lock()
         self._version_changed = asyncio.Event()
         self._encoded: tuple[int, EncodedFrame] | None = None
-        self._elements = sum(p.size for p in params.values())
+        self._sizes = {key: p.size for key, p in params.items()}
+        self._elements = sum(self._sizes.values())
         self.stopping = False
         self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes
         self.restored_from: int | None = None
@@ -107,16 +109,23 @@ class ShardState:
         return await self._locked(self._encode_current)
 
     async def _encode_current(self) -> EncodedFrame:
+        # Every update writes its version's snapshot as it goes; this is for the versions no
+        # update made here (the first, one restored from a checkpoint).
         if self._encoded is None or self._encoded[0] != self.version:
-            header = {"version": self.version, "done": self.done, "shard": self.index}
-            wire = self.job.wire_dtype.value
-            dtype = None if wire == "float32" else wire
-            if self._elements < OFFLOAD_ELEMENTS:
-                frame = snapshot_frame(header, self.params, dtype=dtype)
-            else:
-                frame = await asyncio.to_thread(snapshot_frame, header, self.params, dtype=dtype)
+            frame, targets = self._empty_frame(self.version)
+
+            def copy(name: str, span: slice) -> None:
+                np.copyto(flat(targets[name])[span], flat(self.params[name])[span], "same_kind")
+
+            await self._math(lambda: for_each_block(self._sizes, copy))
             self._encoded = (self.version, frame)
         return self._encoded[1]
+
+    def _empty_frame(self, version: int) -> tuple[EncodedFrame, dict[str, np.ndarray]]:
+        """The reply frame for the parameters of ``version``, and the arrays to fill in it."""
+        header = {"version": version, "done": version >= self.job.steps, "shard": self.index}
+        wire = self.job.wire_dtype.value
+        return snapshot_target(header, self.params, None if wire == "float32" else wire)
 
     def status_frame(self) -> bytes:
         return encode_frame({"version": self.version, "done": self.done, "shard": self.index})
@@ -185,9 +194,17 @@ class ShardState:
                 raise ProtocolError(
                     ErrorCode.BAD_SHAPE, f"{key!r}: shape {grad.shape}, shard holds {param.shape}"
                 )
-            if not all_finite(grad):
-                raise ProtocolError(ErrorCode.NOT_FINITE, f"{key!r} holds NaN or Inf")
-            grads[key] = grad
+            grads[key] = np.ascontiguousarray(grad)
+        not_finite: list[str] = []
+
+        def finite(name: str, span: slice) -> bool:
+            if all_finite(flat(grads[name])[span]):
+                return True
+            not_finite.append(name)
+            return False
+
+        if not for_each_block(self._sizes, finite, blocked=False):
+            raise ProtocolError(ErrorCode.NOT_FINITE, f"{min(not_finite)!r} holds NaN or Inf")
         return OwnedGradients(grads) if owned else grads
 
     # --- updates ------------------------------------------------------------------------------
@@ -221,9 +238,7 @@ class ShardState:
             scale = (
                 verdict.scale / self.job.workers if self.job.lr_divide_by_workers else verdict.scale
             )
-            await self._math(self._copy_into_scratch, grads)
-            await self._math(self.optimizer.apply, self.params, self._sum, scale)
-            self._advance()
+            self._advance(await self._update(scale, grads, first=True))
         return verdict
 
     async def _locked(self, work: Callable[[], Awaitable[T]]) -> T:
@@ -276,27 +291,58 @@ class ShardState:
                 await self._apply_sync_step()
 
     async def _gather(self, worker: str, grads: Mapping[str, np.ndarray]) -> None:
-        if not self._contributors:
+        first = not self._contributors
+        if first:
             self._round_started = time.perf_counter()
-            # The first gradient of a step is copied, not added: no pass to zero the sum.
-            await self._math(self._copy_into_scratch, grads)
+        if sync_step_complete(len(self._contributors) + 1, self.required):
+            # The last gradient is folded into the update's own pass.
+            self._contributors.add(worker)
+            await self._apply_sync_step(grads, first=first)
+            return
+        if first:
+            # The first gradient of a step becomes the sum, not added to it: no pass to zero it.
+            rest = self._adopt(grads)
+            if rest:
+                await self._math(lambda: self._add_into_sum(rest, copy=True))
         else:
-            await self._math(self._add_into_sum, grads)
+            await self._math(lambda: self._add_into_sum(grads))
         self._contributors.add(worker)
-        if sync_step_complete(len(self._contributors), self.required):
-            await self._apply_sync_step()
 
-    async def _apply_sync_step(self) -> None:
+    async def _apply_sync_step(
+        self, last: Mapping[str, np.ndarray] | None = None, *, first: bool = False
+    ) -> None:
         scale = 1.0 / len(self._contributors)
-        await self._math(self.optimizer.apply, self.params, self._sum, scale)
+        frame = await self._update(scale, last, first=first)
         gathered = time.perf_counter() - self._round_started
         self.metrics.gather_seconds.observe(gathered)
         self.max_gather_s = max(self.max_gather_s, gathered)
         self._contributors.clear()
-        self._advance()
+        self._advance(frame)
 
-    def _advance(self) -> None:
+    async def _update(
+        self, scale: float, incoming: Mapping[str, np.ndarray] | None, *, first: bool
+    ) -> EncodedFrame:
+        """Apply ``scale`` times the running sum, with ``incoming`` folded in (as the sum when
+        ``first``, else added to it), and write the new parameters into the next version's
+        reply frame in the same pass over memory; return that frame."""
+        fold = (self._adopt(incoming) if first else incoming) if incoming is not None else None
+        frame, targets = self._empty_frame(self.version + 1)
+        await self._math(
+            lambda: apply(
+                self.optimizer,
+                self.params,
+                self._sum,
+                scale,
+                fold=fold or None,
+                fold_adds=not first,
+                snapshot=targets,
+            )
+        )
+        return frame
+
+    def _advance(self, frame: EncodedFrame) -> None:
         self.version += 1
+        self._encoded = (self.version, frame)
         self.metrics.version.set(self.version)
         every = self.job.checkpoint_every
         if every and self.version % every == 0:
@@ -315,29 +361,37 @@ class ShardState:
             and grad.flags.c_contiguous
         )
 
-    def _copy_into_scratch(self, grads: Mapping[str, np.ndarray]) -> None:
-        for key, total in list(self._sum.items()):
+    def _adopt(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Make each gradient that can be the running sum as it is; return the others (to be
+        copied into the sum)."""
+        rest = {}
+        for key in self._sum:
             if self._adoptable(grads, key):
                 # The request's own buffer becomes the running sum: no pass to copy it. (The
                 # buffer it replaces goes back to the pool once nothing refers to it.)
                 self._sum[key] = grads[key]
             else:
-                np.copyto(total, grads[key])  # upcasts a 16-bit gradient
+                rest[key] = grads[key]
+        return rest
 
-    def _add_into_sum(self, grads: Mapping[str, np.ndarray]) -> None:
-        for key, total in self._sum.items():
-            np.add(total, grads[key], out=total)
+    def _add_into_sum(self, grads: Mapping[str, np.ndarray], *, copy: bool = False) -> None:
+        """sum += grads (or sum = grads, upcast, with ``copy``), block by block across cores."""
 
-    async def _math(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run array math inline when small, on a thread when large (NumPy releases the GIL).
-        Adopting owned gradients as the running sum is no math: inline too."""
-        adopting = fn == self._copy_into_scratch and all(
-            self._adoptable(args[0], key) for key in self._sum
-        )
-        if self._elements < OFFLOAD_ELEMENTS or adopting:
-            fn(*args)
+        def add(name: str, span: slice) -> None:
+            total, grad = flat(self._sum[name])[span], flat(grads[name])[span]
+            if copy:
+                np.copyto(total, grad)
+            else:
+                np.add(total, grad, out=total)
+
+        for_each_block({key: self._sizes[key] for key in grads}, add)
+
+    async def _math(self, work: Callable[[], object]) -> None:
+        """Run array math inline when small, on a thread when large (NumPy releases the GIL)."""
+        if self._elements < OFFLOAD_ELEMENTS:
+            work()
         else:
-            await asyncio.to_thread(fn, *args)
+            await asyncio.to_thread(work)
 
     # --- checkpoints --------------------------------------------------------------------------
 

@@ -254,30 +254,45 @@ def frame_buffers(
     return EncodedFrame(tuple(buffers), len(prefix) + end)
 
 
+def snapshot_target(
+    header: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray] | None = None,
+    dtype: str | np.dtype | None = None,
+    pool: BufferPool = BUFFERS,
+) -> tuple[EncodedFrame, dict[str, np.ndarray]]:
+    """A frame for arrays shaped like ``arrays`` (in ``dtype`` if given), and the writable
+    arrays inside its payload buffer that the caller fills in: a snapshot that stays valid while
+    the source arrays go on changing (a shard's parameters of one version).
+
+    The buffer comes from ``pool``: one that no earlier reply is still being sent from. Only the
+    padding between arrays is written here.
+    """
+    arrays = arrays or {}
+    wire = None if dtype is None else WIRE_DTYPES[np.dtype(dtype).name]
+    prefix, layout, size = _layout(header, _specs(arrays, wire))
+    payload = pool.take(size)
+    targets: dict[str, np.ndarray] = {}
+    end = 0
+    for name in arrays:
+        kind, shape, offset, nbytes = layout[name]
+        payload[end:offset] = 0
+        targets[name] = payload[offset : offset + nbytes].view(WIRE_DTYPES[kind]).reshape(shape)
+        end = offset + nbytes
+    return EncodedFrame((prefix, memoryview(payload)), len(prefix) + size), targets
+
+
 def snapshot_frame(
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,
     dtype: str | np.dtype | None = None,
     pool: BufferPool = BUFFERS,
 ) -> EncodedFrame:
-    """The frame with the arrays copied once into one payload buffer: a snapshot that stays
-    valid while the arrays go on changing (a shard's parameters of one version).
-
-    With ``dtype`` (a 16-bit float for half the bytes), every array is converted in that same
-    copy. The buffer comes from ``pool``: one that no earlier reply is still being sent from.
-    """
-    arrays = arrays or {}
-    wire = None if dtype is None else WIRE_DTYPES[np.dtype(dtype).name]
-    prefix, layout, size = _layout(header, _specs(arrays, wire))
-    payload = pool.take(size)
-    end = 0
-    for name, array in arrays.items():
-        kind, shape, offset, nbytes = layout[name]
-        payload[end:offset] = 0
-        target = payload[offset : offset + nbytes].view(WIRE_DTYPES[kind]).reshape(shape)
-        np.copyto(target, array, casting="same_kind")
-        end = offset + nbytes
-    return EncodedFrame((prefix, memoryview(payload)), len(prefix) + size)
+    """The frame with the arrays copied once into one payload buffer (``snapshot_target``),
+    every array converted to ``dtype`` in that same copy when given (16-bit: half the bytes)."""
+    frame, targets = snapshot_target(header, arrays, dtype, pool)
+    for name, target in targets.items():
+        np.copyto(target, (arrays or {})[name], casting="same_kind")
+    return frame
 
 
 def encode_frame(

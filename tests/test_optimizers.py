@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ps_server.optimizers import SGD, Adam
+from ps_server.optimizers import SGD, Adam, apply
 
 
 def arrays(seed: int) -> dict[str, np.ndarray]:
@@ -18,7 +18,7 @@ def arrays(seed: int) -> dict[str, np.ndarray]:
 def test_sgd_is_p_minus_lr_scale_g() -> None:
     params, grads = arrays(0), arrays(1)
     expected = {k: params[k] - 0.1 * 0.5 * grads[k] for k in params}
-    SGD(params, lr=0.1).apply(params, {k: g.copy() for k, g in grads.items()}, 0.5)
+    apply(SGD(params, lr=0.1), params, {k: g.copy() for k, g in grads.items()}, 0.5)
     for k in params:
         np.testing.assert_allclose(params[k], expected[k], rtol=1e-6)
 
@@ -27,8 +27,8 @@ def test_momentum_two_steps() -> None:
     params, g1, g2 = arrays(0), arrays(1), arrays(2)
     start = {k: p.copy() for k, p in params.items()}
     opt = SGD(params, lr=0.1, momentum=0.9)
-    opt.apply(params, {k: g.copy() for k, g in g1.items()}, 1.0)
-    opt.apply(params, {k: g.copy() for k, g in g2.items()}, 1.0)
+    apply(opt, params, {k: g.copy() for k, g in g1.items()}, 1.0)
+    apply(opt, params, {k: g.copy() for k, g in g2.items()}, 1.0)
     for k in params:
         v1 = g1[k]
         v2 = 0.9 * v1 + g2[k]
@@ -45,7 +45,7 @@ def test_adam_matches_reference() -> None:
     ref = {k: p.astype(np.float64) for k, p in start.items()}
     for t in range(1, 4):
         g = arrays(10 + t)
-        opt.apply(params, {k: x.copy() for k, x in g.items()}, 0.5)
+        apply(opt, params, {k: x.copy() for k, x in g.items()}, 0.5)
         for k in ref:
             gk = 0.5 * g[k].astype(np.float64)
             m[k] = 0.9 * m[k] + 0.1 * gk

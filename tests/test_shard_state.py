@@ -120,13 +120,13 @@ async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> Non
     state = make_state(workers=1)
     halfway, resume = threading.Event(), threading.Event()
 
-    def slow_apply(params, grads, scale) -> None:
-        params["w"] -= 1.0  # the first half of the update...
-        halfway.set()
-        resume.wait(5)
-        params["b"] -= 1.0  # ...and the second
+    def slow_update(name, span, p, g, scale) -> None:
+        p -= 1.0  # "w" is the first half of the update, "b" the second
+        if name == "w":
+            halfway.set()
+            resume.wait(5)
 
-    state.optimizer.apply = slow_apply
+    state.optimizer.update_block = slow_update
     push = asyncio.create_task(state.push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
     assert await asyncio.to_thread(halfway.wait, 5)
     snapshot = asyncio.create_task(state.encoded_params())
