@@ -24,11 +24,17 @@ class Optimizer(Protocol):
         ...
 
     def update_block(
-        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+        self,
+        name: str,
+        span: slice,
+        p: np.ndarray,
+        g: np.ndarray,
+        scale: float,
+        out: np.ndarray | None = None,
     ) -> None:
-        """p <- update(p, scale * g) for one block: ``p`` and ``g`` are the block's elements of
-        parameter ``name`` (``span`` of its flat elements, where the state's block lies too).
-        ``g`` may be overwritten (scratch)."""
+        """out <- update(p, scale * g) for one block (``out`` None: p, in place). ``p``, ``g``
+        and ``out`` are the block's elements of parameter ``name``: ``span`` of its flat
+        elements, where the block of the optimizer's own state lies too. ``g`` is scratch."""
         ...
 
     def state(self) -> dict[str, np.ndarray]:
@@ -46,15 +52,18 @@ def apply(
     *,
     fold: Arrays | None = None,
     fold_adds: bool = True,
+    out: Arrays | None = None,
     snapshot: Arrays | None = None,
 ) -> None:
     """One update of all ``params`` from ``grads`` (scratch: overwritten), block by block and
-    split across cores (see ``kernels``), with two more passes folded into the same one:
+    split across cores (see ``kernels``), with more passes folded into the same one:
 
     - ``fold``: a gradient added into ``grads`` first (``fold_adds``), or copied into it (the
       arrays it holds; 16-bit ones are upcast): a sync step's last push, an async push;
-    - ``snapshot``: each block of the new parameters copied there (converted to its dtype)
-      while still in cache: the reply frame of the new version.
+    - ``out``: where the new parameters go, instead of over ``params`` (a shard writes them
+      straight into the new version's reply frame: no copy to make one);
+    - ``snapshot``: each block of the new parameters also copied there, converted to its
+      dtype, while still in cache: a 16-bit reply frame.
     """
     optimizer.begin_step()
     sizes = {name: p.size for name, p in params.items()}
@@ -68,9 +77,10 @@ def apply(
             else:
                 np.copyto(g, incoming)
         p = flat(params[name])[span]
-        optimizer.update_block(name, span, p, g, scale)
+        new = p if out is None else flat(out[name])[span]
+        optimizer.update_block(name, span, p, g, scale, new)
         if snapshot is not None:
-            np.copyto(flat(snapshot[name])[span], p, casting="same_kind")
+            np.copyto(flat(snapshot[name])[span], new, casting="same_kind")
 
     for_each_block(sizes, block)
 
@@ -87,7 +97,13 @@ class SGD:
         pass
 
     def update_block(
-        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+        self,
+        name: str,
+        span: slice,
+        p: np.ndarray,
+        g: np.ndarray,
+        scale: float,
+        out: np.ndarray | None = None,
     ) -> None:
         if self.momentum:
             if scale != 1.0:
@@ -99,7 +115,7 @@ class SGD:
             np.multiply(v, np.float32(self.lr), out=g)
         else:
             g *= np.float32(self.lr * scale)
-        p -= g
+        np.subtract(p, g, out=p if out is None else out)
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"velocity/{name}": v for name, v in self._velocity.items()}
@@ -127,7 +143,13 @@ class Adam:
         self._step = np.float32(self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t))
 
     def update_block(
-        self, name: str, span: slice, p: np.ndarray, g: np.ndarray, scale: float
+        self,
+        name: str,
+        span: slice,
+        p: np.ndarray,
+        g: np.ndarray,
+        scale: float,
+        out: np.ndarray | None = None,
     ) -> None:
         if scale != 1.0:
             g *= np.float32(scale)
@@ -144,7 +166,7 @@ class Adam:
         g += np.float32(self.eps)
         np.divide(m, g, out=g)
         g *= self._step
-        p -= g
+        np.subtract(p, g, out=p if out is None else out)
 
     def state(self) -> dict[str, np.ndarray]:
         return {

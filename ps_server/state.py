@@ -24,6 +24,7 @@ from ps_server.rules import (
     required_contributions,
     sync_step_complete,
 )
+from ps_server.snapshot import Snapshot
 from pscluster.protocol import (
     WIRE_DTYPES,
     EncodedFrame,
@@ -31,7 +32,6 @@ from pscluster.protocol import (
     ProtocolError,
     all_finite,
     encode_frame,
-    snapshot_target,
 )
 from pscluster.settings import JobConfig, Mode
 
@@ -76,7 +76,8 @@ class ShardState:
         self._round_started = 0.0
         self._lock = asyncio.Lock()
         self._version_changed = asyncio.Event()
-        self._encoded: tuple[int, EncodedFrame] | None = None
+        # The current version's reply frame (None: not made yet, or being overwritten).
+        self._snapshot: Snapshot | None = None
         self._sizes = {key: p.size for key, p in params.items()}
         self._elements = sum(self._sizes.values())
         self.stopping = False
@@ -99,33 +100,38 @@ class ShardState:
         return required_contributions(self.job.workers, live)
 
     async def encoded_params(self) -> EncodedFrame:
-        """The parameters of the current version as a frame, encoded once per version: a snapshot
-        that replies are written from while the next version is being computed."""
-        cached = self._encoded
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        # Encoded under the lock, between two updates: a snapshot taken while an update runs on
-        # a thread would mix two versions and be cached as one.
+        """The parameters of the current version as a frame, encoded once per version and lent
+        to each caller (see ``Snapshot``): hold it only as long as it is being sent."""
+        snapshot = self._snapshot
+        if snapshot is not None:
+            # Checked and lent in one go, with no await between: an update that overwrites the
+            # frame in place first takes it away from here, and only when nobody holds it.
+            return snapshot.lend()
+        # Made under the lock, between two updates: one made while an update runs on a thread
+        # would mix two versions.
         return await self._locked(self._encode_current)
 
     async def _encode_current(self) -> EncodedFrame:
-        # Every update writes its version's snapshot as it goes; this is for the versions no
-        # update made here (the first, one restored from a checkpoint).
-        if self._encoded is None or self._encoded[0] != self.version:
-            frame, targets = self._empty_frame(self.version)
+        # Every update writes its version's frame as it goes; this is for the versions no update
+        # made here (the first, one restored from a checkpoint).
+        if self._snapshot is None:
+            snapshot = self._new_snapshot(self.version)
 
             def copy(name: str, span: slice) -> None:
-                np.copyto(flat(targets[name])[span], flat(self.params[name])[span], "same_kind")
+                np.copyto(
+                    flat(snapshot.arrays[name])[span], flat(self.params[name])[span], "same_kind"
+                )
 
             await self._math(lambda: for_each_block(self._sizes, copy))
-            self._encoded = (self.version, frame)
-        return self._encoded[1]
+            self._snapshot = snapshot
+        return self._snapshot.lend()
 
-    def _empty_frame(self, version: int) -> tuple[EncodedFrame, dict[str, np.ndarray]]:
-        """The reply frame for the parameters of ``version``, and the arrays to fill in it."""
-        header = {"version": version, "done": version >= self.job.steps, "shard": self.index}
+    def _header(self, version: int) -> dict[str, Any]:
+        return {"version": version, "done": version >= self.job.steps, "shard": self.index}
+
+    def _new_snapshot(self, version: int) -> Snapshot:
         wire = self.job.wire_dtype.value
-        return snapshot_target(header, self.params, None if wire == "float32" else wire)
+        return Snapshot(self._header(version), self.params, None if wire == "float32" else wire)
 
     def status_frame(self) -> bytes:
         return encode_frame({"version": self.version, "done": self.done, "shard": self.index})
@@ -312,21 +318,37 @@ class ShardState:
         self, last: Mapping[str, np.ndarray] | None = None, *, first: bool = False
     ) -> None:
         scale = 1.0 / len(self._contributors)
-        frame = await self._update(scale, last, first=first)
+        snapshot = await self._update(scale, last, first=first)
         gathered = time.perf_counter() - self._round_started
         self.metrics.gather_seconds.observe(gathered)
         self.max_gather_s = max(self.max_gather_s, gathered)
         self._contributors.clear()
-        self._advance(frame)
+        self._advance(snapshot)
 
     async def _update(
         self, scale: float, incoming: Mapping[str, np.ndarray] | None, *, first: bool
-    ) -> EncodedFrame:
+    ) -> Snapshot:
         """Apply ``scale`` times the running sum, with ``incoming`` folded in (as the sum when
-        ``first``, else added to it), and write the new parameters into the next version's
-        reply frame in the same pass over memory; return that frame."""
+        ``first``, else added to it), and return the new version's reply frame, written in the
+        same pass over memory.
+
+        With float32 on the wire the parameters live in their version's frame. When no reply
+        holds the current frame any more (the usual case: replies are sent long before the
+        next step's gradients are in) the update runs in place and the frame only gets a new
+        header. Otherwise it writes the new parameters into a new frame, out of place, and the
+        replies still being sent keep the old one. A 16-bit frame is written by the same rule
+        from float32 parameters kept apart.
+        """
         fold = (self._adopt(incoming) if first else incoming) if incoming is not None else None
-        frame, targets = self._empty_frame(self.version + 1)
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.lent:
+            snapshot = self._new_snapshot(self.version + 1)
+        # From here until the update is done nobody may borrow the frame being overwritten:
+        # callers of encoded_params wait for the lock, then get the new version.
+        self._snapshot = None
+        targets = snapshot.arrays
+        in_frame = all(t.dtype == self.params[key].dtype for key, t in targets.items())
+        in_place = in_frame and all(self.params[key] is t for key, t in targets.items())
         await self._math(
             lambda: apply(
                 self.optimizer,
@@ -335,14 +357,18 @@ class ShardState:
                 scale,
                 fold=fold or None,
                 fold_adds=not first,
-                snapshot=targets,
+                out=targets if in_frame and not in_place else None,
+                snapshot=None if in_frame else targets,
             )
         )
-        return frame
+        if in_frame:
+            self.params = targets
+        snapshot.reheader(self._header(self.version + 1))
+        return snapshot
 
-    def _advance(self, frame: EncodedFrame) -> None:
+    def _advance(self, snapshot: Snapshot) -> None:
         self.version += 1
-        self._encoded = (self.version, frame)
+        self._snapshot = snapshot
         self.metrics.version.set(self.version)
         every = self.job.checkpoint_every
         if every and self.version % every == 0:
@@ -417,8 +443,10 @@ class ShardState:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         arrays = checkpoint.arrays
-        for key, p in self.params.items():
-            np.copyto(p, arrays[f"param/{key}"])
+        # Fresh arrays: the current ones may be a reply frame's.
+        self.params = {
+            key: arrays[f"param/{key}"].astype(p.dtype) for key, p in self.params.items()
+        }
         self.optimizer.load_state(
             {key.removeprefix("opt/"): a for key, a in arrays.items() if key.startswith("opt/")}
         )
@@ -429,4 +457,4 @@ class ShardState:
         self.version = checkpoint.version
         self.restored_from = checkpoint.version
         self.metrics.version.set(self.version)
-        self._encoded = None
+        self._snapshot = None

@@ -16,7 +16,8 @@ import aiohttp
 import aiohttp.payload
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.http import HttpRequestParser
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from pscluster.protocol import BUFFERS, MSGPACK, BufferPool, EncodedFrame, ErrorCode, ProtocolError
 
@@ -100,12 +101,10 @@ async def read_body(content: aiohttp.StreamReader, length: int | None, max_bytes
     return buffer
 
 
-# Bodies at least this large are received straight from the socket into their buffer. A client
-# keeps the connection afterwards; a server closes it after the reply (see ``_read_direct``), so
-# it reads requests directly only from a larger size, where that pays for the new connection
-# (measured on loopback: at 4 MB keep-alive wins, at 40 MB the direct read by far).
+# Bodies at least this large are received straight from the socket into their buffer (see
+# ``_read_direct``); smaller ones through aiohttp, where the per-chunk copies cost less than the
+# protocol swap.
 DIRECT_READ_BYTES = 1 << 20
-DIRECT_REQUEST_BYTES = 1 << 24
 
 # A connection's transport and the aiohttp protocol on it (``request.transport`` and
 # ``request.protocol`` on a server, ``resp.connection.transport`` and ``.protocol`` on a client).
@@ -156,9 +155,10 @@ async def _read_direct(
     """Read a body into ``view``: what aiohttp has buffered already, then the rest straight from
     the socket, with ``protocol`` swapped out meanwhile.
 
-    aiohttp's parser never sees those bytes, so its payload is marked complete here; a server
-    must not reuse the connection after its reply (``Response.force_close``), a client may (it
-    gets a fresh parser per request). One copy per byte, by the kernel, instead of four.
+    aiohttp's parser never sees those bytes, so its payload is marked complete here. A client
+    gets a fresh parser per response anyway; a server's connection gets a fresh request parser
+    (``_reset_request_parser``), as if the body had gone through the old one, and stays open
+    for the next request. One copy per byte, by the kernel, instead of four.
     """
     head = content.read_nowait(-1)
     filled = len(head)
@@ -187,9 +187,39 @@ async def _read_direct(
             transport.set_protocol(protocol)
             if not completed:
                 transport.close()  # mid-body: the connection cannot be used again
-            elif reading:
-                transport.resume_reading()
+            else:
+                if isinstance(protocol, RequestHandler):
+                    _reset_request_parser(protocol)
+                if reading:
+                    transport.resume_reading()
     content.feed_eof()
+
+
+def _reset_request_parser(handler: RequestHandler) -> None:
+    """Give a server connection a new HTTP parser after a body went past the old one.
+
+    The old parser still waits for that body's bytes and would take the next request for them.
+    The new one is built as aiohttp's ``RequestHandler`` builds its own (same limits, same
+    options), at the point where the old one would be after the body: between two requests.
+    If aiohttp's internals are not what this expects, the connection is closed after the
+    reply instead, which is always correct (the client opens a new one).
+    """
+    try:
+        manager = handler._manager  # type: ignore[attr-defined]
+        options = manager._kwargs if manager is not None else {}
+        handler._parser = HttpRequestParser(  # type: ignore[attr-defined]
+            handler,
+            asyncio.get_running_loop(),
+            handler._read_bufsize,  # type: ignore[attr-defined]
+            max_line_size=handler.max_line_size,
+            max_field_size=handler.max_field_size,
+            max_headers=handler.max_headers,
+            payload_exception=RequestPayloadError,
+            auto_decompress=options.get("auto_decompress", True),
+            max_msg_queue_size=handler._max_msg_queue_size,  # type: ignore[attr-defined]
+        )
+    except (AttributeError, TypeError):
+        handler.force_close()
 
 
 async def read_frame_body(
@@ -206,7 +236,6 @@ async def read_frame_body(
     bodies arrive chunk by chunk through aiohttp and each chunk is copied once, to its final
     place. Given the ``connection``, a body of ``DIRECT_READ_BYTES`` or more is read straight
     from the socket into the buffer (see ``_read_direct``): on loopback that halves the time.
-    Servers pass the connection only for bodies of ``DIRECT_REQUEST_BYTES`` or more.
     """
     nbytes = _check_length(length, max_bytes)
     view = memoryview(pool.take(nbytes))
@@ -230,12 +259,16 @@ class FramePayload(aiohttp.payload.Payload):
     Python < 3.12.9: a copy of the whole body per request.)
     """
 
-    def __init__(self, frame: EncodedFrame | bytes) -> None:
+    def __init__(self, frame: EncodedFrame | bytes, *, once: bool = False) -> None:
+        """``once``: written once (a reply; a request may be resent), and the frame let go as
+        soon as it is written, so its buffer counts as free once the transport is done with it
+        (aiohttp keeps a response object around until the connection's next request ends)."""
         if isinstance(frame, bytes):
             frame = EncodedFrame((frame,), len(frame))
         super().__init__(frame, content_type=MSGPACK)
         self._size = frame.nbytes
         self._frame = frame
+        self._once = once
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self._frame.tobytes().decode(encoding, errors)
@@ -258,16 +291,19 @@ class FramePayload(aiohttp.payload.Payload):
         return writes
 
     async def write(self, writer: AbstractStreamWriter) -> None:
-        for buffer in self._writes():
-            await writer.write(buffer)
+        await self.write_with_length(writer, None)
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         remaining = self._frame.nbytes if content_length is None else content_length
-        for buffer in self._writes():
+        writes = self._writes()
+        if self._once:
+            self._frame = EncodedFrame((), 0)
+            self._value = None
+        for buffer in writes:
             if remaining <= 0:
-                return
+                break
             await writer.write(buffer if len(buffer) <= remaining else buffer[:remaining])
             remaining -= len(buffer)
 

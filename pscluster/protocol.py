@@ -281,6 +281,13 @@ def snapshot_target(
     return EncodedFrame((prefix, memoryview(payload)), len(prefix) + size), targets
 
 
+def frame_prefix(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The prefix (everything before the payload) of a frame of ``header`` and arrays of these
+    dtypes and shapes: the payload's layout depends on those alone, so a payload can be sent
+    again under a new header."""
+    return _layout(header, _specs(arrays))[0]
+
+
 def snapshot_frame(
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,

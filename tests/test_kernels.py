@@ -99,6 +99,8 @@ def whole_pass(opt: Optimizer, params, grads, scale, fold, fold_adds: bool, snap
 def test_fused_parallel_update_has_the_bits_of_whole_passes(
     three_parts, kind: str, fold_adds: bool, wire: str
 ) -> None:
+    """As a shard runs it: float32 frames get the new parameters written out of place, 16-bit
+    frames a converted copy; either way the bits of one whole-array pass per operation."""
     rng = np.random.default_rng(3)
     shapes = {"w": (37, 11), "b": (11,), "e": (0,), "v": (300,)}
 
@@ -118,14 +120,20 @@ def test_fused_parallel_update_has_the_bits_of_whole_passes(
     for grads, fold in ((g1, f1), (g2, f2)):  # two steps: the state carries over
         snap_ours = {k: np.empty(s, wire) for k, s in shapes.items()}
         snap_ref = {k: np.empty(s, wire) for k, s in shapes.items()}
+        old = {k: v.copy() for k, v in ours.items()}
+        where = {"out": snap_ours} if wire == "float32" else {"snapshot": snap_ours}
         apply(opt_ours, ours, {k: v.copy() for k, v in grads.items()}, 0.25, fold=fold,
-              fold_adds=fold_adds, snapshot=snap_ours)  # fmt: skip
+              fold_adds=fold_adds, **where)  # fmt: skip
         whole_pass(opt_ref, ref, {k: v.copy() for k, v in grads.items()}, 0.25, fold, fold_adds,
                    snap_ref)  # fmt: skip
+        if wire == "float32":
+            for k in shapes:  # out of place: the old parameters are left as they were
+                assert ours[k].tobytes() == old[k].tobytes(), k
+            ours = snap_ours
         for k in shapes:
             assert ours[k].tobytes() == ref[k].tobytes(), k
             assert snap_ours[k].tobytes() == snap_ref[k].tobytes(), k
-        assert not np.array_equal(ours["v"], start["v"])
+        assert not np.array_equal(ours["v"], old["v"])
     for k, v in opt_ref.state().items():
         assert opt_ours.state()[k].tobytes() == v.tobytes(), k
 

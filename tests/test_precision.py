@@ -4,6 +4,7 @@ sum them in float32 and serve 16-bit parameters, over HTTP too (large bodies inc
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -131,7 +132,9 @@ async def test_fp16_job_refuses_other_16_bit_and_non_finite_pushes() -> None:
 
 
 @contextlib.asynccontextmanager
-async def served_shard(state_params: dict[str, np.ndarray], **job: object) -> AsyncIterator[str]:
+async def served_shard(
+    state_params: dict[str, np.ndarray], **job: object
+) -> AsyncIterator[tuple[str, ShardState]]:
     """The real shard app on port 0, handed its job directly (no coordinator)."""
     settings = ShardSettings(host="127.0.0.1", port=0, insecure=True)
     config = JobConfig(**{"optimizer": "sgd", "lr": 0.5, "steps": 100, "shards": 1, **job})
@@ -143,16 +146,23 @@ async def served_shard(state_params: dict[str, np.ndarray], **job: object) -> As
         app[SLOT].ready.set()
         return app
 
-    async with running_service(factory, settings) as (url, _):
-        yield url
+    async with running_service(factory, settings) as (url, app):
+        yield url, app[SLOT].state
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -> None:
-    # "big" is over DIRECT_READ_BYTES even in 16 bits: replies take the direct socket path, and
-    # pushes too, with the shard's threshold brought down to the same size.
-    monkeypatch.setattr(ps_server.app, "DIRECT_REQUEST_BYTES", DIRECT_READ_BYTES)
+    # "big" is over DIRECT_READ_BYTES even in 16 bits: pushes and replies take the direct
+    # socket path, and the connection is kept across them.
     direct_reads = []
+    transports = []
+    handle_push = ps_server.app.handle_push
+
+    async def recorded(request):
+        transports.append(request.transport)
+        return await handle_push(request)
+
+    monkeypatch.setattr(ps_server.app, "handle_push", recorded)
     read_direct = pscluster.client._read_direct
 
     async def counted(content, view, transport, protocol) -> None:
@@ -162,7 +172,7 @@ async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -
     monkeypatch.setattr(pscluster.client, "_read_direct", counted)
     big = DIRECT_READ_BYTES // 2 + 4096
     params = {"small": np.zeros(10, np.float32), "big": np.zeros(big, np.float32)}
-    async with served_shard(params, workers=1, wire_dtype=dtype) as url:
+    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, _):
         session = make_session(30.0)
         try:
             client = ShardClient(session, url, 0, attempts=1)
@@ -193,6 +203,8 @@ async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -
             assert (await client.pull()).version == 3
             # 4 pushes, 3 push replies (the refusal has no parameters) and 2 pulls, all direct.
             assert len(direct_reads) == 9
+            # One connection for all four pushes: the shard's parser was reset after each body.
+            assert len(transports) == 4 and len({id(t) for t in transports}) == 1
         finally:
             await session.close()
 
@@ -205,3 +217,41 @@ def test_frames_of_16_bit_arrays_stay_aligned() -> None:
     for name, array in arrays.items():
         assert decoded.arrays[name].ctypes.data % 2 == 0
         np.testing.assert_array_equal(decoded.arrays[name], array)
+
+
+async def test_a_parser_that_cannot_be_rebuilt_closes_the_connection_instead() -> None:
+    """If aiohttp's internals change, a server connection after a direct read is closed after
+    its reply (the client reconnects) rather than parsed with a parser that is off by a body."""
+    closed = []
+    handler = types.SimpleNamespace(_manager=None, force_close=lambda: closed.append(True))
+    pscluster.client._reset_request_parser(handler)  # type: ignore[arg-type]
+    assert closed == [True]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+async def test_replies_give_their_frame_back_so_updates_run_in_place(dtype: str) -> None:
+    """Over HTTP, once a reply is sent nothing holds its frame: each next update writes the
+    same buffer in place instead of a new one (and float32 parameters live in it)."""
+    big = DIRECT_READ_BYTES // 2 + 4096
+    params = {"big": np.zeros(big, np.float32), "small": np.zeros(10, np.float32)}
+    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, state):
+        session = make_session(30.0)
+        try:
+            client = ShardClient(session, url, 0, attempts=1)
+            addresses = []
+            for step in range(5):
+                grads = {name: to_wire(values(p.size, step), dtype) for name, p in params.items()}
+                reply = await client.push(
+                    worker="w0", rank=0, step=step, base_version=step, grads=grads
+                )
+                assert reply.status == "applied" and reply.version == step + 1
+                del reply
+                frame = await state.encoded_params()
+                addresses.append(np.frombuffer(frame.buffers[1], np.uint8).ctypes.data)
+                in_frame = np.shares_memory(np.frombuffer(frame.buffers[1], np.uint8),
+                                            state.params["big"])  # fmt: skip
+                assert in_frame == (dtype == "float32")
+                del frame
+            assert len(set(addresses)) == 1
+        finally:
+            await session.close()

@@ -71,12 +71,34 @@ async def test_long_poll_wakes_on_the_next_version() -> None:
     assert state.version == 1
 
 
-async def test_encoded_params_are_cached_per_version() -> None:
+async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_it() -> None:
+    from pscluster.protocol import decode_frame
+
+    def payload(frame) -> np.ndarray:
+        return np.frombuffer(frame.buffers[1], np.uint8)
+
     state = make_state(workers=1)
     first = await state.encoded_params()
-    assert (await state.encoded_params()) is first
+    assert np.shares_memory(payload(first), payload(await state.encoded_params()))  # encoded once
+    # A reply still holds version 0: version 1 is written elsewhere and version 0 stays intact.
     await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
-    assert (await state.encoded_params()) is not first
+    second = await state.encoded_params()
+    assert not np.shares_memory(payload(first), payload(second))
+    old, new = decode_frame(first.tobytes()), decode_frame(second.tobytes())
+    assert old.header["version"] == 0 and new.header["version"] == 1
+    np.testing.assert_array_equal(old.arrays["w"], 0.0)
+    np.testing.assert_array_equal(new.arrays["w"], -0.5)
+    # Once nobody holds version 1's frame, the next update runs in it, in place.
+    params_before = state.params["w"]
+    del first, second
+    await state.push(worker="a", rank=0, base_version=1, grads=grad(1.0))
+    assert state.params["w"] is params_before
+    np.testing.assert_array_equal(state.params["w"], -1.0)
+    third = await state.encoded_params()
+    assert np.shares_memory(payload(third), state.params["w"])  # the parameters live in it
+    decoded = decode_frame(third.tobytes())
+    assert decoded.header["version"] == 2
+    np.testing.assert_array_equal(decoded.arrays["w"], -1.0)
 
 
 def test_validation_refuses_bad_gradients() -> None:
@@ -120,8 +142,8 @@ async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> Non
     state = make_state(workers=1)
     halfway, resume = threading.Event(), threading.Event()
 
-    def slow_update(name, span, p, g, scale) -> None:
-        p -= 1.0  # "w" is the first half of the update, "b" the second
+    def slow_update(name, span, p, g, scale, out) -> None:
+        np.subtract(p, 1.0, out=out)  # "w" is the first half of the update, "b" the second
         if name == "w":
             halfway.set()
             resume.wait(5)

@@ -1,0 +1,68 @@
+"""The reply frame of a shard's current version: written by the update, lent to each reply.
+
+Every reply and pull of a version is written from one frame, encoded once. The next update may
+overwrite that frame in place (no new buffer, no copy) only when no reply still holds any of it;
+a reply holds it from ``lend`` until the transport has handed its last byte to the kernel. Each
+loan is its own view of the payload, with a finalizer that counts it back in, so "nobody holds
+it" is exact and needs no bookkeeping on the sending side: a loan ends when its last memoryview
+is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pscluster.protocol import EncodedFrame, frame_prefix, snapshot_target
+
+
+class _Loans:
+    """How many loans are out. Apart from the snapshot, so that finalizers do not keep it alive;
+    locked, as a loan may end on any thread that drops the last reference."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.out = 0
+
+    def lent(self) -> None:
+        with self._lock:
+            self.out += 1
+
+    def returned(self) -> None:
+        with self._lock:
+            self.out -= 1
+
+
+class Snapshot:
+    def __init__(
+        self, header: Mapping[str, Any], like: Mapping[str, np.ndarray], dtype: str | None
+    ) -> None:
+        """An empty frame for arrays shaped like ``like``, in ``dtype`` (None: their own); the
+        caller fills ``arrays``."""
+        frame, self.arrays = snapshot_target(header, like, dtype)
+        prefix, payload = frame.buffers
+        assert isinstance(payload, memoryview) and isinstance(payload.obj, np.ndarray)
+        self._prefix = bytes(prefix)
+        self._payload: np.ndarray = payload.obj
+        self._loans = _Loans()
+
+    @property
+    def lent(self) -> bool:
+        """Whether a reply still holds part of the frame (then it must not be overwritten)."""
+        return self._loans.out > 0
+
+    def lend(self) -> EncodedFrame:
+        """The frame, for one reply: its payload through a view of its own, whose life is the
+        loan's."""
+        view = self._payload[:]
+        self._loans.lent()
+        weakref.finalize(view, self._loans.returned)
+        return EncodedFrame((self._prefix, memoryview(view)), len(self._prefix) + view.nbytes)
+
+    def reheader(self, header: Mapping[str, Any]) -> None:
+        """The same payload under a new header (a new version, after an update in place)."""
+        self._prefix = frame_prefix(header, self.arrays)
