@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +13,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ps_server.checkpoint import CheckpointStore
-from ps_server.intake import FiniteAsItArrives
 from ps_server.metrics import ShardMetrics
 from ps_server.state import OFFLOAD_ELEMENTS, ShardState
 from pscluster.client import (
@@ -97,15 +95,12 @@ async def handle_push(request: web.Request) -> web.Response:
     try:
         state = _state(request)
         settings = request.app[SETTINGS]
-        # Into one buffer as it arrives, checked for NaN and Inf as it lands; the gradients are
-        # views of it, never copied.
-        checked = FiniteAsItArrives()
+        # Into one buffer as it arrives; the gradients are views of it, never copied.
         body = await read_frame_body(
             request.content,
             request.content_length,
             int(settings.max_body_mb * 2**20),
             connection=(request.transport, request.protocol) if direct else None,  # type: ignore[arg-type]
-            progress=checked,
         )
         state.metrics.bytes_received.inc(len(body))
         frame = decode_frame(body)
@@ -120,17 +115,11 @@ async def handle_push(request: web.Request) -> web.Response:
         if shard != state.index:
             raise ProtocolError(ErrorCode.WRONG_SHARD, f"this is shard {state.index}, not {shard}")
         # The body's buffer is this request's alone: the shard may keep the gradients as they
-        # are. Whatever was not checked as it arrived is checked now: off the event loop when
-        # large.
-        verdicts = checked.verdicts()
-        unchecked = sum(a.nbytes for name, a in frame.arrays.items() if name not in verdicts)
-        validate = functools.partial(
-            state.validate_gradients, frame.arrays, owned=True, finite=verdicts
-        )
-        if unchecked >= 4 * OFFLOAD_ELEMENTS:
-            grads = await asyncio.to_thread(validate)
+        # are. The finiteness check reads every byte: off the event loop when large.
+        if len(body) >= 4 * OFFLOAD_ELEMENTS:
+            grads = await asyncio.to_thread(state.validate_gradients, frame.arrays, owned=True)
         else:
-            grads = validate()
+            grads = state.validate_gradients(frame.arrays, owned=True)
     except ProtocolError as exc:
         return refusal(state, exc)
     assert isinstance(rank, int) and isinstance(base_version, int)

@@ -173,11 +173,7 @@ class ShardState:
     # --- input checks -------------------------------------------------------------------------
 
     def validate_gradients(
-        self,
-        arrays: Mapping[str, np.ndarray],
-        *,
-        owned: bool = False,
-        finite: Mapping[str, bool] | None = None,
+        self, arrays: Mapping[str, np.ndarray], *, owned: bool = False
     ) -> dict[str, np.ndarray]:
         """Every array of this shard, of the right dtype and shape, all finite; else refuse.
 
@@ -185,8 +181,6 @@ class ShardState:
         are summed into the float32 running sum, upcast on the way. One pass over each array.
         ``owned``: the arrays are the shard's to keep and overwrite (views of a request body
         nobody else holds), so the first gradient of a step can become the running sum as is.
-        ``finite``: what a check of these very arrays already found (as the body arrived); the
-        arrays it covers are not read again.
         """
         for key in arrays:
             if key not in self.params:
@@ -207,17 +201,15 @@ class ShardState:
                     ErrorCode.BAD_SHAPE, f"{key!r}: shape {grad.shape}, shard holds {param.shape}"
                 )
             grads[key] = np.ascontiguousarray(grad)
-        known = finite or {}
-        not_finite = [name for name in grads if known.get(name) is False]
+        not_finite: list[str] = []
 
-        def check(name: str, span: slice) -> bool:
+        def finite(name: str, span: slice) -> bool:
             if all_finite(flat(grads[name])[span]):
                 return True
             not_finite.append(name)
             return False
 
-        unchecked = {name: n for name, n in self._sizes.items() if name not in known}
-        if not_finite or not for_each_block(unchecked, check, blocked=False):
+        if not for_each_block(self._sizes, finite, blocked=False):
             raise ProtocolError(ErrorCode.NOT_FINITE, f"{min(not_finite)!r} holds NaN or Inf")
         return OwnedGradients(grads) if owned else grads
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import os
 import platform
 import random
@@ -74,13 +73,7 @@ def _check_length(length: int | None, max_bytes: int) -> int:
     return length
 
 
-# Told how many bytes of a body have arrived so far, each time more have (see read_frame_body).
-Progress = Callable[[int], None]
-
-
-async def _fill(
-    content: aiohttp.StreamReader, view: memoryview, progress: Progress | None = None
-) -> None:
+async def _fill(content: aiohttp.StreamReader, view: memoryview) -> None:
     """Copy the body into ``view`` chunk by chunk, as the chunks arrive.
 
     ``readchunk`` hands over one received chunk at a time; ``readany`` would join all the chunks
@@ -97,8 +90,6 @@ async def _fill(
             raise ProtocolError(ErrorCode.BAD_FRAME, "body longer than its Content-Length")
         view[filled:end] = chunk
         filled = end
-        if progress is not None:
-            progress(filled)
     if filled != length:
         raise ProtocolError(ErrorCode.BAD_FRAME, "body shorter than its Content-Length")
 
@@ -124,18 +115,10 @@ class _DirectReader(asyncio.BufferedProtocol):
     """Stands in for aiohttp's protocol on a connection while the rest of one body arrives: the
     event loop reads from the socket straight into the body's buffer, as ``recv_into`` does."""
 
-    def __init__(
-        self,
-        view: memoryview,
-        original: asyncio.BaseProtocol,
-        progress: Progress | None = None,
-        offset: int = 0,
-    ) -> None:
+    def __init__(self, view: memoryview, original: asyncio.BaseProtocol) -> None:
         self._view = view
         self._filled = 0
         self._original = original
-        self._progress = progress
-        self._offset = offset  # of ``view`` in the body, for ``progress``
         self._transport: asyncio.BaseTransport | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -144,8 +127,6 @@ class _DirectReader(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
-        if self._progress is not None:
-            self._progress(self._offset + self._filled)
         if self._filled >= len(self._view) and not self.done.done():
             assert self._transport is not None
             # Not a byte more: what follows belongs to aiohttp again.
@@ -170,7 +151,6 @@ async def _read_direct(
     view: memoryview,
     transport: asyncio.Transport,
     protocol: asyncio.BaseProtocol,
-    progress: Progress | None = None,
 ) -> None:
     """Read a body into ``view``: what aiohttp has buffered already, then the rest straight from
     the socket, with ``protocol`` swapped out meanwhile.
@@ -185,13 +165,11 @@ async def _read_direct(
     if filled > len(view):
         raise ProtocolError(ErrorCode.BAD_FRAME, "body longer than its Content-Length")
     view[:filled] = head
-    if progress is not None and filled:
-        progress(filled)
     if filled < len(view):
         if content.is_eof():
             raise ProtocolError(ErrorCode.BAD_FRAME, "body shorter than its Content-Length")
         reading = transport.is_reading()
-        reader = _DirectReader(view[filled:], protocol, progress, filled)
+        reader = _DirectReader(view[filled:], protocol)
         reader._transport = transport
         transport.pause_reading()
         transport.set_protocol(reader)
@@ -250,7 +228,6 @@ async def read_frame_body(
     max_bytes: int,
     pool: BufferPool = BUFFERS,
     connection: Connection | None = None,
-    progress: Callable[[memoryview, int], None] | None = None,
 ) -> memoryview:
     """Read a data-plane body into one preallocated buffer, for ``decode_frame``.
 
@@ -259,18 +236,13 @@ async def read_frame_body(
     bodies arrive chunk by chunk through aiohttp and each chunk is copied once, to its final
     place. Given the ``connection``, a body of ``DIRECT_READ_BYTES`` or more is read straight
     from the socket into the buffer (see ``_read_direct``): on loopback that halves the time.
-
-    ``progress(buffer, n)`` is called on the event loop each time more of the body has arrived,
-    with the first ``n`` bytes of ``buffer`` in place: to work on the bytes while they are
-    still in the CPU's cache.
     """
     nbytes = _check_length(length, max_bytes)
     view = memoryview(pool.take(nbytes))
-    told = None if progress is None else functools.partial(progress, view)
     if connection is not None and nbytes >= DIRECT_READ_BYTES:
-        await _read_direct(content, view, *connection, progress=told)
+        await _read_direct(content, view, *connection)
     else:
-        await _fill(content, view, told)
+        await _fill(content, view)
     return view
 
 

@@ -112,15 +112,11 @@ class ErrorCode(StrEnum):
 class ProtocolError(Exception):
     """A request that is refused: carries the code and the HTTP status to answer with."""
 
-    def __init__(
-        self, code: ErrorCode, message: str, status: int = 400, *, truncated: bool = False
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
-        # The bytes ended before the frame did: with more of them it may yet decode.
-        self.truncated = truncated
 
 
 @dataclass(frozen=True)
@@ -320,14 +316,14 @@ def encode_frame(
 def _bin_span(view: memoryview, pos: int) -> tuple[int, int]:
     """Where the msgpack bin starting at ``pos`` holds its bytes: (start, length)."""
     if pos >= len(view):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "frame ends before its payload", truncated=True)
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame ends before its payload")
     marker = view[pos]
     widths = {0xC4: 1, 0xC5: 2, 0xC6: 4}
     if marker not in widths:
         raise ProtocolError(ErrorCode.BAD_FRAME, "payload is not a msgpack bin")
     width = widths[marker]
     if pos + 1 + width > len(view):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "truncated payload length", truncated=True)
+        raise ProtocolError(ErrorCode.BAD_FRAME, "truncated payload length")
     length = int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
     return pos + 1 + width, length
 
@@ -338,40 +334,8 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
     Raises ProtocolError (never anything else) for any malformed input.
     """
     view = memoryview(buffer).cast("B")
-    header, end = _read_header(view)
-    start, length = _bin_span(view, end)
-    if start + length != len(view):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "payload length disagrees with the body size")
-    payload = view[start:]
-    layout = header.pop("arrays", {})
-    header.pop(PAD_KEY, None)
-    if not isinstance(layout, dict):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "'arrays' is not a map")
-    arrays = {name: _decode_array(name, spec, payload) for name, spec in layout.items()}
-    return Frame(header=header, arrays=arrays)
-
-
-def payload_start(received: memoryview) -> int | None:
-    """Where a frame's payload starts, from the first bytes of its body; None while those do not
-    hold the whole header yet. Raises ProtocolError if they cannot be a frame's."""
-    view = memoryview(received).cast("B")
-    try:
-        _, end = _read_header(view)
-        return _bin_span(view, end)[0]
-    except ProtocolError as exc:
-        if exc.truncated:
-            return None
-        raise
-
-
-def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
-    """The frame's header map, and where the payload's bin marker follows it."""
     if len(view) < 2 or view[0] != 0x92:
-        raise ProtocolError(
-            ErrorCode.BAD_FRAME,
-            "body is not a msgpack [header, payload] array",
-            truncated=len(view) < 2 and (len(view) == 0 or view[0] == 0x92),
-        )
+        raise ProtocolError(ErrorCode.BAD_FRAME, "body is not a msgpack [header, payload] array")
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
     # Feed a small window first (headers are usually well under 1 KiB), then more if needed:
     # feeding copies, and a 1 MiB window would copy a megabyte of every 40 MB body.
@@ -386,17 +350,22 @@ def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
             break
         except msgpack.OutOfData as exc:
             if end >= limit:
-                raise ProtocolError(
-                    ErrorCode.BAD_FRAME,
-                    "header truncated or over 1 MiB",
-                    truncated=limit < 1 + MAX_HEADER_BYTES,
-                ) from exc
+                raise ProtocolError(ErrorCode.BAD_FRAME, "header truncated or over 1 MiB") from exc
             window *= 16
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"header is not valid msgpack: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "header is not a map")
-    return header, 1 + unpacker.tell()
+    start, length = _bin_span(view, 1 + unpacker.tell())
+    if start + length != len(view):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "payload length disagrees with the body size")
+    payload = view[start:]
+    layout = header.pop("arrays", {})
+    header.pop(PAD_KEY, None)
+    if not isinstance(layout, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "'arrays' is not a map")
+    arrays = {name: _decode_array(name, spec, payload) for name, spec in layout.items()}
+    return Frame(header=header, arrays=arrays)
 
 
 def _decode_array(name: str, spec: Any, payload: memoryview) -> np.ndarray:

@@ -165,9 +165,9 @@ async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -
     monkeypatch.setattr(ps_server.app, "handle_push", recorded)
     read_direct = pscluster.client._read_direct
 
-    async def counted(content, view, transport, protocol, progress=None) -> None:
+    async def counted(content, view, transport, protocol) -> None:
         direct_reads.append(len(view))
-        await read_direct(content, view, transport, protocol, progress)
+        await read_direct(content, view, transport, protocol)
 
     monkeypatch.setattr(pscluster.client, "_read_direct", counted)
     big = DIRECT_READ_BYTES // 2 + 4096
