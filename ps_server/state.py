@@ -37,8 +37,11 @@ from pscluster.settings import JobConfig, Mode
 
 T = TypeVar("T")
 
-# Below this many elements, array math is faster inline than the hop to a thread.
-OFFLOAD_ELEMENTS = 1 << 16
+# Below this many elements a shard's array math runs on the event loop (from
+# kernels.PARALLEL_ELEMENTS on, with a helper thread taking part of it): the hop to a thread and
+# back costs more than the loop is held (under a millisecond at this size). Above it, the math
+# runs on a thread and the loop goes on moving other requests' bytes meanwhile.
+OFFLOAD_ELEMENTS = 1 << 21
 
 
 class OwnedGradients(dict[str, np.ndarray]):

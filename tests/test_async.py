@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+import ps_server.app as shard_app
 import ps_server.state as shard_state
 from ps_server.app import SLOT
 from ps_server.metrics import ShardMetrics
@@ -193,9 +194,11 @@ class DecisionLog:
         monkeypatch.setattr(shard_state, "judge_async_push", recording)
 
 
-async def test_no_lost_update_under_200_concurrent_pushes() -> None:
+async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
     """200 pushes at once over HTTP to one shard, with the math on a thread: each is applied at
     its own version, and the parameters end at init - lr * sum(scale * g), to float tolerance."""
+    monkeypatch.setattr(shard_state, "OFFLOAD_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(shard_app, "OFFLOAD_ELEMENTS", 1 << 16)
     job = {
         "shards": 1, "workers": 4, "mode": "async", "steps": 10_000, "model": "mlp",
         "hidden": "1024", "dataset": "digits", "optimizer": "sgd", "lr": LR,
