@@ -14,6 +14,11 @@ the update reading the parameters, the sum and the optimizer state and writing t
 and the state (sgd 12P bytes, momentum 20P, adam 28P). ``vs copy`` is that effective bandwidth
 over the copy's.
 
+A shard splits the passes of a step across cores (``ps_server.kernels``), while ``np.copyto``
+runs on one. So the table also gives the copy split the same way across cores (``all-core
+copy``: the machine's bandwidth, as far as these threads can draw on it) and the step against
+that (``vs all-core``).
+
     python -m bench.aggregate                           # P = 1e5, 1e6, 1e7; N = 1, 4, 8, 16
     python -m bench.aggregate --params 1e7 --workers 8 --json aggregate.json
 """
@@ -32,6 +37,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from bench.common import Column, counts, format_table, write_json
+from ps_server.kernels import for_each_block
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
 from pscluster.settings import JobConfig
@@ -55,12 +61,21 @@ class CopyRing:
         self.ring = [np.full(params, 1.0, dtype=np.float32) for _ in range(max(2, arrays))]
         self.calls = 0
 
-    def bandwidth(self, min_s: float) -> float:
-        """Bytes read + written per second over a batch of about ``min_s``."""
+    def bandwidth(self, min_s: float, *, all_cores: bool = False) -> float:
+        """Bytes read + written per second over a batch of about ``min_s``; ``all_cores``: each
+        copy split across cores as a shard splits its passes."""
         calls, started = 0, time.perf_counter()
         while True:
             n = len(self.ring)
-            np.copyto(self.ring[(self.calls + 1) % n], self.ring[self.calls % n])
+            source, target = self.ring[self.calls % n], self.ring[(self.calls + 1) % n]
+            if all_cores:
+                for_each_block(
+                    {"x": source.size},
+                    lambda _, span, t=target, s=source: np.copyto(t[span], s[span]),
+                    blocked=False,
+                )
+            else:
+                np.copyto(target, source)
             self.calls += 1
             calls += 1
             elapsed = time.perf_counter() - started
@@ -70,9 +85,10 @@ class CopyRing:
 
 async def measure(
     params: int, workers: int, optimizer: str, repeats: int, min_s: float, ring: CopyRing
-) -> tuple[list[float], list[float]]:
-    """Seconds per sync step and the copy bandwidth, ``repeats`` times each, taking turns (a
-    copy batch, then a batch of steps), so a noisy neighbour weighs on both alike."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per sync step and the copy bandwidths (one core, all cores), ``repeats`` times
+    each, taking turns (copy batches, then a batch of steps), so a noisy neighbour weighs on all
+    of them alike."""
     job = JobConfig(
         shards=1,
         workers=workers,
@@ -103,15 +119,16 @@ async def measure(
         return time.perf_counter() - started
 
     await step()  # warm-up: faults in the optimizer state
-    per_step, copy_rates = [], []
+    per_step, copy_rates, all_core_rates = [], [], []
     for _ in range(repeats):
-        copy_rates.append(ring.bandwidth(min_s / 2))
+        copy_rates.append(ring.bandwidth(min_s / 4))
+        all_core_rates.append(ring.bandwidth(min_s / 4, all_cores=True))
         spent, count = 0.0, 0
         while spent < min_s or count < 2:
             spent += await step()
             count += 1
         per_step.append(spent / count)
-    return per_step, copy_rates
+    return per_step, copy_rates, all_core_rates
 
 
 def bench(
@@ -127,10 +144,11 @@ def bench(
             # The step touches N gradients, the sum, the parameters and up to two state arrays.
             ring = CopyRing(params, workers + 4)
             for optimizer in optimizers:
-                seconds, copies = uvloop.run(
+                seconds, copies, all_core = uvloop.run(
                     measure(params, workers, optimizer, repeats, min_s, ring)
                 )
                 step_s, copy_bps = statistics.median(seconds), statistics.median(copies)
+                all_core_bps = statistics.median(all_core)
                 counted = step_bytes(params, workers, optimizer)
                 row = {
                     "params": params,
@@ -142,8 +160,11 @@ def bench(
                     "gb_per_s": counted / step_s / 1e9,
                     "copy_gb_per_s": copy_bps / 1e9,
                     "vs_copy": counted / step_s / copy_bps,
+                    "all_core_copy_gb_per_s": all_core_bps / 1e9,
+                    "vs_all_core_copy": counted / step_s / all_core_bps,
                     "repeats_ms": [s * 1e3 for s in seconds],
                     "copy_repeats_gb_per_s": [c / 1e9 for c in copies],
+                    "all_core_copy_repeats_gb_per_s": [c / 1e9 for c in all_core],
                 }
                 rows.append(row)
                 print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
@@ -160,6 +181,8 @@ COLUMNS = [
     Column("gb_per_s", "GB/s", "{:.2f}"),
     Column("copy_gb_per_s", "copy GB/s", "{:.2f}"),
     Column("vs_copy", "vs copy", "{:.2f}"),
+    Column("all_core_copy_gb_per_s", "all-core copy GB/s", "{:.2f}"),
+    Column("vs_all_core_copy", "vs all-core", "{:.2f}"),
 ]
 
 

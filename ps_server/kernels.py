@@ -1,12 +1,12 @@
 """Elementwise passes over a shard's arrays, in cache-sized blocks, split across cores.
 
 A shard's step is a few elementwise passes over P floats: check the gradient, add it to the
-running sum, update the parameters, copy them into the reply snapshot. Each pass on its own
-reads and writes all of its arrays in main memory. Run block by block instead, the passes of one
-block find its data in the core's cache, so a fused update touches memory about once; and the
-blocks are split between cores, because while a shard computes its step the workers wait for the
-reply and their cores are idle. NumPy releases the GIL inside each call, so threads run the
-blocks in parallel; the Python between calls is a few microseconds per block.
+running sum, update the parameters. Each pass is split into one contiguous run per core, because
+while a shard computes its step the workers wait for the reply and their cores are idle; NumPy
+releases the GIL inside each call, so the threads run in parallel and the Python between calls
+is a few microseconds. Within a run, a fused update goes block by block, doing all of its
+operations on one block before the next, so the later ones find the block in the core's cache
+(on the 2-core VM of docs/performance.md that gained about 10%; the second core gained 2x).
 """
 
 from __future__ import annotations

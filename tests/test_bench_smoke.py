@@ -78,7 +78,11 @@ def test_aggregate_bench(tmp_path: Path) -> None:
         (n, o) for n in (1, 3) for o in ("sgd", "momentum", "adam")
     }
     for row in rows:
-        assert_numbers(row, ["step_ms", "steps_per_s", "gb_per_s", "copy_gb_per_s", "vs_copy"])
+        assert_numbers(
+            row,
+            ["step_ms", "steps_per_s", "gb_per_s", "copy_gb_per_s", "vs_copy",
+             "all_core_copy_gb_per_s", "vs_all_core_copy"],
+        )  # fmt: skip
 
 
 @pytest.mark.timeout(180)
