@@ -203,7 +203,8 @@ class ShardState:
                 raise ProtocolError(
                     ErrorCode.BAD_SHAPE, f"{key!r}: shape {grad.shape}, shard holds {param.shape}"
                 )
-            grads[key] = np.ascontiguousarray(grad)
+            # Block passes need flat views (a gradient off the wire always is contiguous).
+            grads[key] = grad if grad.flags.c_contiguous else np.ascontiguousarray(grad)
         not_finite: list[str] = []
 
         def finite(name: str, span: slice) -> bool:
