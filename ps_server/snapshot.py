@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ps_server.kernels import flat, for_each_block
 from pscluster.protocol import EncodedFrame, frame_prefix, snapshot_target
 
 
@@ -42,13 +43,17 @@ class Snapshot:
         self, header: Mapping[str, Any], like: Mapping[str, np.ndarray], dtype: str | None
     ) -> None:
         """An empty frame for arrays shaped like ``like``, in ``dtype`` (None: their own); the
-        caller fills ``arrays``."""
-        frame, self.arrays = snapshot_target(header, like, dtype)
-        prefix, payload = frame.buffers
-        assert isinstance(payload, memoryview) and isinstance(payload.obj, np.ndarray)
-        self._prefix = bytes(prefix)
-        self._payload: np.ndarray = payload.obj
+        caller fills ``arrays`` (an update writes them as it goes, or ``fill``)."""
+        self._prefix, self._payload, self.arrays = snapshot_target(header, like, dtype)
         self._loans = _Loans()
+
+    def fill(self, source: Mapping[str, np.ndarray]) -> None:
+        """Copy ``source`` in, converted to the frame's dtype, split across cores."""
+
+        def copy(name: str, span: slice) -> None:
+            np.copyto(flat(self.arrays[name])[span], flat(source[name])[span], "same_kind")
+
+        for_each_block({name: a.size for name, a in self.arrays.items()}, copy, blocked=False)
 
     @property
     def lent(self) -> bool:

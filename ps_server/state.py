@@ -119,13 +119,7 @@ class ShardState:
         # made here (the first, one restored from a checkpoint).
         if self._snapshot is None:
             snapshot = self._new_snapshot(self.version)
-
-            def copy(name: str, span: slice) -> None:
-                np.copyto(
-                    flat(snapshot.arrays[name])[span], flat(self.params[name])[span], "same_kind"
-                )
-
-            await self._math(lambda: for_each_block(self._sizes, copy))
+            await self._math(lambda: snapshot.fill(self.params))
             self._snapshot = snapshot
         return self._snapshot.lend()
 

@@ -259,10 +259,10 @@ def snapshot_target(
     arrays: Mapping[str, np.ndarray] | None = None,
     dtype: str | np.dtype | None = None,
     pool: BufferPool = BUFFERS,
-) -> tuple[EncodedFrame, dict[str, np.ndarray]]:
-    """A frame for arrays shaped like ``arrays`` (in ``dtype`` if given), and the writable
-    arrays inside its payload buffer that the caller fills in: a snapshot that stays valid while
-    the source arrays go on changing (a shard's parameters of one version).
+) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
+    """A frame for arrays shaped like ``arrays`` (in ``dtype`` if given): its prefix, its payload
+    buffer, and the writable arrays inside the payload that the caller fills in. A snapshot that
+    stays valid while the source arrays go on changing (a shard's parameters of one version).
 
     The buffer comes from ``pool``: one that no earlier reply is still being sent from. Only the
     padding between arrays is written here.
@@ -278,7 +278,7 @@ def snapshot_target(
         payload[end:offset] = 0
         targets[name] = payload[offset : offset + nbytes].view(WIRE_DTYPES[kind]).reshape(shape)
         end = offset + nbytes
-    return EncodedFrame((prefix, memoryview(payload)), len(prefix) + size), targets
+    return prefix, payload, targets
 
 
 def frame_prefix(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -288,27 +288,13 @@ def frame_prefix(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
     return _layout(header, _specs(arrays))[0]
 
 
-def snapshot_frame(
-    header: Mapping[str, Any],
-    arrays: Mapping[str, np.ndarray] | None = None,
-    dtype: str | np.dtype | None = None,
-    pool: BufferPool = BUFFERS,
-) -> EncodedFrame:
-    """The frame with the arrays copied once into one payload buffer (``snapshot_target``),
-    every array converted to ``dtype`` in that same copy when given (16-bit: half the bytes)."""
-    frame, targets = snapshot_target(header, arrays, dtype, pool)
-    for name, target in targets.items():
-        np.copyto(target, (arrays or {})[name], casting="same_kind")
-    return frame
-
-
 def encode_frame(
     header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
 ) -> bytes:
     """Encode header and arrays as one msgpack ``[header, bin]`` body, as ``bytes``.
 
     The arrays are copied exactly once, into the body. The data path sends ``frame_buffers``
-    (no copy) or a cached ``snapshot_frame`` instead.
+    (no copy) or a shard's ``Snapshot`` of its parameters instead.
     """
     return frame_buffers(header, arrays).tobytes()
 
