@@ -21,6 +21,7 @@ COPY pscluster ./pscluster
 COPY ps_server ./ps_server
 COPY worker ./worker
 COPY coordinator ./coordinator
+COPY launcher ./launcher
 RUN pip install --no-deps -c constraints.txt . && rm -rf build ./*.egg-info
 
 # A non-root user; /data (a shard's checkpoints) is theirs, so a fresh named volume is too.

@@ -84,7 +84,7 @@ def pscluster_up(flags: Sequence[str], run_dir: Path, timeout_s: float = 600) ->
     return its summary; raise with the launcher's output if it fails."""
     summary_path = run_dir.with_name(run_dir.name + "-summary.json")
     command = [
-        *(sys.executable, "-m", "pscluster.cli", "up", "--quiet"),
+        *(sys.executable, "-m", "launcher.cli", "up", "--quiet"),
         *("--run-dir", str(run_dir), "--summary-json", str(summary_path)),
         *flags,
     ]

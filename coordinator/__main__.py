@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from coordinator.app import build_app
 from pscluster.service import run_service
 from pscluster.settings import CoordinatorSettings
+from pscluster.startup import run_one_service
 
 
 def serve(settings: CoordinatorSettings) -> int:
@@ -14,7 +16,9 @@ def serve(settings: CoordinatorSettings) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from pscluster.cli import run_one_service
+def main(argv: Sequence[str]) -> int:
+    return run_one_service("coordinator", CoordinatorSettings, serve, argv)
 
-    sys.exit(run_one_service("coordinator", sys.argv[1:]))
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

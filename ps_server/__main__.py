@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from ps_server.app import build_app
 from pscluster.service import run_service
 from pscluster.settings import ShardSettings
+from pscluster.startup import run_one_service
 
 
 def serve(settings: ShardSettings) -> int:
@@ -14,7 +16,9 @@ def serve(settings: ShardSettings) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from pscluster.cli import run_one_service
+def main(argv: Sequence[str]) -> int:
+    return run_one_service("ps", ShardSettings, serve, argv)
 
-    sys.exit(run_one_service("ps", sys.argv[1:]))
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

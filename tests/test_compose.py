@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from pscluster.cli import SERVICES
+from launcher.cli import SERVICES
 from pscluster.settings import ENV_PREFIX, Mode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,4 +208,5 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
         "ps_server",
         "worker",
         "coordinator",
+        "launcher",
     }

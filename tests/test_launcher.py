@@ -17,7 +17,7 @@ def pscluster_up(tmp_path: Path, name: str, *flags: str, timeout: float = 120) -
         [
             sys.executable,
             "-m",
-            "pscluster.cli",
+            "launcher.cli",
             "up",
             "--quiet",
             "--run-dir",
@@ -109,7 +109,7 @@ def test_spares_cost_no_accuracy(runs: dict[str, dict]) -> None:
 
 def test_bad_flags_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pscluster.cli", "up", "--mode", "async", "--spares", "1"],
+        [sys.executable, "-m", "launcher.cli", "up", "--mode", "async", "--spares", "1"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -130,7 +130,7 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pscluster.cli",
+            "launcher.cli",
             "up",
             "--quiet",
             "--steps",

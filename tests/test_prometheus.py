@@ -111,7 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with (tmp / "up.log").open("wb") as log:
             # Its own process group: teardown stops the launcher and every service it started.
             launcher = subprocess.Popen(
-                [sys.executable, "-m", "pscluster.cli", *UP, "--run-dir", str(run_dir)],
+                [sys.executable, "-m", "launcher.cli", *UP, "--run-dir", str(run_dir)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip

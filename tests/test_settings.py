@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.cli import SERVICES, main
 from pscluster import settings_doc
-from pscluster.cli import SERVICES, main
 from pscluster.settings import (
     ENV_PREFIX,
     PULL_LONG_POLL_S,
@@ -26,7 +26,7 @@ from pscluster.settings import (
 ROOT = Path(__file__).resolve().parent.parent
 PSCLUSTER = Path(sys.executable).with_name("pscluster")
 PYTHON = [sys.executable, "-m"]
-CLI = [str(PSCLUSTER)] if PSCLUSTER.exists() else [*PYTHON, "pscluster.cli"]
+CLI = [str(PSCLUSTER)] if PSCLUSTER.exists() else [*PYTHON, "launcher.cli"]
 
 # (command, bad environment, the variable the error must name)
 BAD_STARTS = [

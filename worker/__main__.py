@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from pscluster.service import run_service
 from pscluster.settings import WorkerSettings
+from pscluster.startup import run_one_service
 from worker.app import SERVICE, build_app
 
 
@@ -15,7 +17,9 @@ def serve(settings: WorkerSettings) -> int:
     return 1 if app[SERVICE].failed is not None else 0
 
 
-if __name__ == "__main__":
-    from pscluster.cli import run_one_service
+def main(argv: Sequence[str]) -> int:
+    return run_one_service("worker", WorkerSettings, serve, argv)
 
-    sys.exit(run_one_service("worker", sys.argv[1:]))
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

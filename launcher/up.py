@@ -17,14 +17,12 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pscluster.cli import add_settings_flags
-from pscluster.faults import fired_at
+from launcher.processes import MAX_RESTARTS, Cluster, LaunchError
+from launcher.report import get_status, print_summary, progress_line, summarize
 from pscluster.settings import (
     ENV_PREFIX,
     Backend,
@@ -34,124 +32,13 @@ from pscluster.settings import (
     ServiceSettings,
     load_settings,
 )
+from pscluster.startup import add_settings_flags
 
 # Job flags the launcher hands to the coordinator; service fields (host, port, ...) it sets itself.
 JOB_FIELDS = [
     *JobConfig.model_fields,
     *(f for f in CoordinatorSettings.model_fields if f not in ServiceSettings.model_fields),
 ]
-
-
-# A dead coordinator or shard is restarted on its port, as compose's restart policy would; a
-# worker is not: spare replicas cover for it.
-MAX_RESTARTS = 5
-
-
-@dataclass
-class Service:
-    name: str
-    module: str
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    ready_file: Path
-    log_path: Path
-    url: str = ""
-    restarts: int = 0
-
-
-@dataclass
-class Cluster:
-    run_dir: Path
-    env: dict[str, str]
-    faults: dict[str, int] = field(default_factory=dict)  # service name -> step to SIGKILL at
-    coordinator: Service | None = None
-    shards: list[Service] = field(default_factory=list)
-    workers: list[Service] = field(default_factory=list)
-
-    @property
-    def services(self) -> list[Service]:
-        head = [self.coordinator] if self.coordinator else []
-        return [*self.workers, *self.shards, *head]
-
-    def start(self, name: str, module: str, extra_env: dict[str, str]) -> Service:
-        ready = self.run_dir / f"{name}.url"
-        env = {
-            **self.env,
-            **extra_env,
-            f"{ENV_PREFIX}HOST": "127.0.0.1",
-            f"{ENV_PREFIX}PORT": "0",
-            f"{ENV_PREFIX}READY_FILE": str(ready),
-        }
-        if name in self.faults:
-            env[f"{ENV_PREFIX}FAULT_KILL_AT"] = str(self.faults[name])
-            env[f"{ENV_PREFIX}FAULT_MARKER"] = str(self.fault_marker(name))
-        log_path = self.run_dir / "logs" / f"{name}.log"
-        process = self._spawn(module, env, ready, log_path)
-        return Service(name, module, env, process, ready, log_path)
-
-    @staticmethod
-    def _spawn(
-        module: str, env: dict[str, str], ready: Path, log_path: Path
-    ) -> subprocess.Popen[bytes]:
-        ready.unlink(missing_ok=True)
-        with log_path.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", module],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def restart(self, service: Service) -> None:
-        """Start a dead service again on the same port: the others know it by its URL."""
-        service.env[f"{ENV_PREFIX}PORT"] = service.url.rsplit(":", 1)[1]
-        service.process = self._spawn(
-            service.module, service.env, service.ready_file, service.log_path
-        )
-        service.restarts += 1
-        self.wait_ready(service)
-
-    def fault_marker(self, name: str) -> Path:
-        return self.run_dir / f"fault-{name}"
-
-    def wait_ready(self, service: Service, timeout_s: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if service.ready_file.exists():
-                service.url = service.ready_file.read_text().strip()
-                return service.url
-            if service.process.poll() is not None:
-                raise LaunchError(
-                    f"{service.name} exited with {service.process.returncode}; "
-                    f"see {service.log_path}"
-                )
-            time.sleep(0.02)
-        raise LaunchError(f"{service.name} not ready after {timeout_s} s; see {service.log_path}")
-
-    def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
-        """SIGTERM everything (workers first, coordinator last); SIGKILL what outlives grace."""
-        for service in self.services:
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        codes: dict[str, int | None] = {}
-        for service in self.services:
-            try:
-                codes[service.name] = service.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                codes[service.name] = service.process.wait()
-        return codes
-
-
-class LaunchError(RuntimeError):
-    pass
-
-
-def get_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as resp:
-        return json.loads(resp.read())
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -216,90 +103,6 @@ def parse_faults(specs: Sequence[str]) -> dict[str, int]:
             raise LaunchError(f"--kill {spec!r}: expected SERVICE@STEP, e.g. ps0@40")
         faults[name] = int(step)
     return faults
-
-
-def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
-    workers = status.get("workers", [])
-
-    def mean_step(selected: list[dict[str, Any]]) -> float | None:
-        times = [w["step_seconds"] for w in selected if w.get("steps")]
-        return sum(times) / len(times) if times else None
-
-    steps = int(status.get("step", 0))
-    seconds = float(status.get("seconds", 0.0))
-    return {
-        "accuracy": status.get("accuracy"),
-        "loss": status.get("loss"),
-        "steps": steps,
-        "seconds": round(seconds, 3),
-        "step_seconds": seconds / steps if steps else None,
-        "fast_worker_step_seconds": mean_step(
-            [w for w in workers if w.get("delay_factor", 1) <= 1]
-        ),
-        "slow_worker_step_seconds": mean_step([w for w in workers if w.get("delay_factor", 1) > 1]),
-        "mode": status.get("mode"),
-        "aggregate": status.get("aggregate"),
-        "spares": status.get("spares"),
-        "gradients": status.get("gradients", {}),
-        "endpoints": {
-            "coordinator": cluster.coordinator.url if cluster.coordinator else None,
-            "shards": [s.url for s in cluster.shards],
-            "workers": [w.url for w in cluster.workers],
-        },
-        "workers": workers,
-        "history": status.get("history", []),
-        "job": status.get("job", {}),
-        "run_dir": str(cluster.run_dir),
-        "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
-        "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
-        "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
-        "max_gather_seconds": max(
-            (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
-        ),
-    }
-
-
-def progress_line(status: dict[str, Any]) -> str:
-    accuracy, loss = status.get("accuracy"), status.get("loss")
-    held_out = (
-        f"held-out loss {loss:.4f} acc {accuracy:.4f}" if accuracy is not None else "held-out -"
-    )
-    dropped = sum(status.get("gradients", {}).get("dropped", {}).values())
-    return (
-        f"[{status.get('seconds', 0):7.2f}s] {status.get('phase', '?'):8s} "
-        f"step {status.get('step', 0):5d}/{status.get('steps', 0)}  {held_out}  "
-        f"live workers {status.get('live_workers', 0)}  dropped {dropped}"
-    )
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    grads = summary["gradients"]
-    rows = [
-        (
-            "accuracy (held-out)",
-            f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "-",
-        ),
-        ("loss (held-out)", f"{summary['loss']:.4f}" if summary["loss"] is not None else "-"),
-        ("steps", str(summary["steps"])),
-        ("seconds", f"{summary['seconds']:.2f}"),
-        ("seconds per step", _fmt(summary["step_seconds"])),
-        ("fast workers' step time", _fmt(summary["fast_worker_step_seconds"])),
-        ("slow workers' step time", _fmt(summary["slow_worker_step_seconds"])),
-        ("gradients applied", str(grads.get("applied", 0))),
-        *(
-            (f"gradients dropped: {reason}", str(count))
-            for reason, count in sorted(grads.get("dropped", {}).items())
-            if count
-        ),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print("\nsummary")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} ms"
 
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:

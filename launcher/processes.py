@@ -1,0 +1,119 @@
+"""The cluster's processes: start each service as a subprocess, wait until it is ready,
+restart a dead one on its port, stop them all with SIGTERM (SIGKILL what outlives the grace)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pscluster.settings import ENV_PREFIX
+
+# A dead coordinator or shard is restarted on its port, as compose's restart policy would; a
+# worker is not: spare replicas cover for it.
+MAX_RESTARTS = 5
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    url: str = ""
+    restarts: int = 0
+
+
+@dataclass
+class Cluster:
+    run_dir: Path
+    env: dict[str, str]
+    faults: dict[str, int] = field(default_factory=dict)  # service name -> step to SIGKILL at
+    coordinator: Service | None = None
+    shards: list[Service] = field(default_factory=list)
+    workers: list[Service] = field(default_factory=list)
+
+    @property
+    def services(self) -> list[Service]:
+        head = [self.coordinator] if self.coordinator else []
+        return [*self.workers, *self.shards, *head]
+
+    def start(self, name: str, module: str, extra_env: dict[str, str]) -> Service:
+        ready = self.run_dir / f"{name}.url"
+        env = {
+            **self.env,
+            **extra_env,
+            f"{ENV_PREFIX}HOST": "127.0.0.1",
+            f"{ENV_PREFIX}PORT": "0",
+            f"{ENV_PREFIX}READY_FILE": str(ready),
+        }
+        if name in self.faults:
+            env[f"{ENV_PREFIX}FAULT_KILL_AT"] = str(self.faults[name])
+            env[f"{ENV_PREFIX}FAULT_MARKER"] = str(self.fault_marker(name))
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        process = self._spawn(module, env, ready, log_path)
+        return Service(name, module, env, process, ready, log_path)
+
+    @staticmethod
+    def _spawn(
+        module: str, env: dict[str, str], ready: Path, log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        ready.unlink(missing_ok=True)
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def restart(self, service: Service) -> None:
+        """Start a dead service again on the same port: the others know it by its URL."""
+        service.env[f"{ENV_PREFIX}PORT"] = service.url.rsplit(":", 1)[1]
+        service.process = self._spawn(
+            service.module, service.env, service.ready_file, service.log_path
+        )
+        service.restarts += 1
+        self.wait_ready(service)
+
+    def fault_marker(self, name: str) -> Path:
+        return self.run_dir / f"fault-{name}"
+
+    def wait_ready(self, service: Service, timeout_s: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if service.ready_file.exists():
+                service.url = service.ready_file.read_text().strip()
+                return service.url
+            if service.process.poll() is not None:
+                raise LaunchError(
+                    f"{service.name} exited with {service.process.returncode}; "
+                    f"see {service.log_path}"
+                )
+            time.sleep(0.02)
+        raise LaunchError(f"{service.name} not ready after {timeout_s} s; see {service.log_path}")
+
+    def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM everything (workers first, coordinator last); SIGKILL what outlives grace."""
+        for service in self.services:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        codes: dict[str, int | None] = {}
+        for service in self.services:
+            try:
+                codes[service.name] = service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                codes[service.name] = service.process.wait()
+        return codes
+
+
+class LaunchError(RuntimeError):
+    pass

@@ -1,0 +1,99 @@
+"""What ``pscluster up`` shows: the coordinator's ``/status``, a progress line, the summary."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+from launcher.processes import Cluster
+from pscluster.faults import fired_at
+
+
+def get_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
+    workers = status.get("workers", [])
+
+    def mean_step(selected: list[dict[str, Any]]) -> float | None:
+        times = [w["step_seconds"] for w in selected if w.get("steps")]
+        return sum(times) / len(times) if times else None
+
+    steps = int(status.get("step", 0))
+    seconds = float(status.get("seconds", 0.0))
+    return {
+        "accuracy": status.get("accuracy"),
+        "loss": status.get("loss"),
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "step_seconds": seconds / steps if steps else None,
+        "fast_worker_step_seconds": mean_step(
+            [w for w in workers if w.get("delay_factor", 1) <= 1]
+        ),
+        "slow_worker_step_seconds": mean_step([w for w in workers if w.get("delay_factor", 1) > 1]),
+        "mode": status.get("mode"),
+        "aggregate": status.get("aggregate"),
+        "spares": status.get("spares"),
+        "gradients": status.get("gradients", {}),
+        "endpoints": {
+            "coordinator": cluster.coordinator.url if cluster.coordinator else None,
+            "shards": [s.url for s in cluster.shards],
+            "workers": [w.url for w in cluster.workers],
+        },
+        "workers": workers,
+        "history": status.get("history", []),
+        "job": status.get("job", {}),
+        "run_dir": str(cluster.run_dir),
+        "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
+        "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
+        "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
+        "max_gather_seconds": max(
+            (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
+        ),
+    }
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    accuracy, loss = status.get("accuracy"), status.get("loss")
+    held_out = (
+        f"held-out loss {loss:.4f} acc {accuracy:.4f}" if accuracy is not None else "held-out -"
+    )
+    dropped = sum(status.get("gradients", {}).get("dropped", {}).values())
+    return (
+        f"[{status.get('seconds', 0):7.2f}s] {status.get('phase', '?'):8s} "
+        f"step {status.get('step', 0):5d}/{status.get('steps', 0)}  {held_out}  "
+        f"live workers {status.get('live_workers', 0)}  dropped {dropped}"
+    )
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    grads = summary["gradients"]
+    rows = [
+        (
+            "accuracy (held-out)",
+            f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "-",
+        ),
+        ("loss (held-out)", f"{summary['loss']:.4f}" if summary["loss"] is not None else "-"),
+        ("steps", str(summary["steps"])),
+        ("seconds", f"{summary['seconds']:.2f}"),
+        ("seconds per step", _fmt(summary["step_seconds"])),
+        ("fast workers' step time", _fmt(summary["fast_worker_step_seconds"])),
+        ("slow workers' step time", _fmt(summary["slow_worker_step_seconds"])),
+        ("gradients applied", str(grads.get("applied", 0))),
+        *(
+            (f"gradients dropped: {reason}", str(count))
+            for reason, count in sorted(grads.get("dropped", {}).items())
+            if count
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\nsummary")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
