@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
-
-if TYPE_CHECKING:
-    from coordinator.app import Coordinator
 
 PHASES = ("waiting", "warmup", "training", "done")
 
@@ -55,10 +51,14 @@ class CoordinatorMetrics:
         self.eval_loss.set(loss)
         self.eval_accuracy.set(accuracy)
 
-    def observe_status(self, coordinator: Coordinator) -> None:
-        self.live_workers.set(len(coordinator.workers))
-        self.global_step.set(coordinator.global_step)
-        self.steps_target.set(coordinator.job.steps)
-        current = coordinator.phase
-        for phase in PHASES:
-            self.phase.labels(phase).set(1 if phase == current else 0)
+    def observe_status(
+        self, *, live_workers: int, global_step: int, steps: int, phase: str
+    ) -> None:
+        self.live_workers.set(live_workers)
+        self.global_step.set(global_step)
+        self.steps_target.set(steps)
+        for name in PHASES:
+            self.phase.labels(name).set(1 if name == phase else 0)
+
+
+METRICS = web.AppKey("coordinator_metrics", CoordinatorMetrics)

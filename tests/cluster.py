@@ -13,8 +13,8 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from coordinator.app import COORDINATOR, Coordinator
 from coordinator.app import build_app as coordinator_app
+from coordinator.state import COORDINATOR, Coordinator
 from ps_server.app import SLOT
 from ps_server.app import build_app as shard_app
 from pscluster.client import get_json, make_session

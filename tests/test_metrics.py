@@ -7,7 +7,6 @@ import math
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from aiohttp import web
@@ -87,10 +86,7 @@ def test_coordinator_phase_is_one_of_waiting_warmup_training_done() -> None:
     assert sample(registry, "coordinator_phase", phase="waiting") == 1
     assert math.isnan(sample(registry, "coordinator_eval_accuracy_ratio") or 0.0)
     for phase in ("warmup", "training"):
-        fake = SimpleNamespace(
-            workers={"a": 1, "b": 2}, global_step=7, job=SimpleNamespace(steps=100), phase=phase
-        )
-        metrics.observe_status(fake)  # type: ignore[arg-type]
+        metrics.observe_status(live_workers=2, global_step=7, steps=100, phase=phase)
         shown = {p: sample(registry, "coordinator_phase", phase=p) for p in PHASES}
         assert shown == {p: float(p == phase) for p in PHASES}
     assert sample(registry, "coordinator_live_workers") == 2

@@ -1,0 +1,95 @@
+"""The coordinator's HTTP handlers: parse a JSON request, call the state, answer (or refuse with
+an ``ErrorCode``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.loops import announce_membership
+from coordinator.state import COORDINATOR
+from pscluster.client import read_body
+from pscluster.protocol import ErrorCode, ProtocolError, error_json
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request.content, request.content_length, 1 << 20)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "body is not a JSON object")
+    return payload
+
+
+def _refuse(exc: ProtocolError) -> web.Response:
+    return web.json_response(error_json(exc.code, exc.message), status=exc.status)
+
+
+def _field(payload: dict[str, Any], name: str, kind: type) -> Any:
+    value = payload.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name!r} must be a {kind.__name__}")
+    return value
+
+
+async def handle_register_shard(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    try:
+        payload = await _json_body(request)
+        index, url = _field(payload, "index", int), _field(payload, "url", str)
+        version = payload.get("version")
+        registration = coordinator.register_shard(
+            index, url, version if isinstance(version, int) else None
+        )
+    except ProtocolError as exc:
+        return _refuse(exc)
+    return web.json_response(registration.to_json())
+
+
+async def handle_register_worker(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    try:
+        payload = await _json_body(request)
+        worker_id = _field(payload, "worker_id", str)
+        preferred = payload.get("rank")
+        registration = coordinator.register_worker(
+            worker_id, preferred if isinstance(preferred, int) else None
+        )
+    except ProtocolError as exc:
+        return _refuse(exc)
+    # Shards must know a new member before it pushes.
+    await announce_membership(request.app, force=False)
+    return web.json_response(registration.to_json())
+
+
+async def handle_heartbeat(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    try:
+        payload = await _json_body(request)
+        worker_id = _field(payload, "worker_id", str)
+        stats = payload.get("stats") or {}
+        reply = coordinator.heartbeat(worker_id, stats if isinstance(stats, dict) else {})
+    except ProtocolError as exc:
+        return _refuse(exc)
+    return web.json_response(reply)
+
+
+async def handle_deregister(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    try:
+        payload = await _json_body(request)
+        worker_id = _field(payload, "worker_id", str)
+        stats = payload.get("stats") or {}
+    except ProtocolError as exc:
+        return _refuse(exc)
+    coordinator.deregister(worker_id, stats if isinstance(stats, dict) else {})
+    await announce_membership(request.app, force=False)
+    return web.json_response({"phase": coordinator.phase})
+
+
+async def handle_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].status())
