@@ -11,10 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from coordinator.membership import (
-    may_announce_membership,
-    members_by_rank,
-)
+from coordinator.membership import may_announce_membership, members_by_rank
 from coordinator.metrics import METRICS
 from coordinator.state import COORDINATOR
 from pscluster.client import get_json, make_session, post_json, read_frame_body

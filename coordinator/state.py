@@ -12,11 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from coordinator.membership import (
-    WorkerRecord,
-    assign_rank,
-    expired_workers,
-)
+from coordinator.membership import WorkerRecord, assign_rank, expired_workers
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model

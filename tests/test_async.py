@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ps_server.app as shard_app
-import ps_server.state as shard_state
+import ps_server.state.core as state_core
+import ps_server.state.shard as shard_state
 from ps_server.app import SLOT
 from ps_server.metrics import ShardMetrics
 from ps_server.rules import Verdict
@@ -197,7 +198,7 @@ class DecisionLog:
 async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
     """200 pushes at once over HTTP to one shard, with the math on a thread: each is applied at
     its own version, and the parameters end at init - lr * sum(scale * g), to float tolerance."""
-    monkeypatch.setattr(shard_state, "OFFLOAD_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(state_core, "OFFLOAD_ELEMENTS", 1 << 16)
     monkeypatch.setattr(shard_app, "OFFLOAD_ELEMENTS", 1 << 16)
     job = {
         "shards": 1, "workers": 4, "mode": "async", "steps": 10_000, "model": "mlp",
@@ -215,7 +216,7 @@ async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
         state = slot.state
         assert state is not None
         # Big enough that the shard runs the update math on a thread, off the event loop.
-        assert sum(p.size for p in state.params.values()) >= shard_state.OFFLOAD_ELEMENTS
+        assert sum(p.size for p in state.params.values()) >= state_core.OFFLOAD_ELEMENTS
         client = ShardClient(session, cluster.shard_urls[0], 0, attempts=3)
         init = {k: v.astype(np.float64) for k, v in (await client.pull()).arrays.items()}
         zeros = {k: np.zeros(v.shape, np.float32) for k, v in init.items()}

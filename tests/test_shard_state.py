@@ -135,7 +135,7 @@ async def test_async_applies_lr_times_scale_times_g() -> None:
 async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> None:
     import threading
 
-    import ps_server.state as state_module
+    import ps_server.state.core as state_module
     from pscluster.protocol import decode_frame
 
     monkeypatch.setattr(state_module, "OFFLOAD_ELEMENTS", 0)  # update math on a thread

@@ -1,0 +1,150 @@
+"""The shard's state and what every part of it uses: the parameters, optimizer, version and
+running sum; the one lock all mutation goes through, so updates apply one at a time in arrival
+order, never interleaved, also when the array math runs on a thread off the event loop; and where
+that math runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ps_server.kernels import flat, for_each_block
+from ps_server.metrics import ShardMetrics
+from ps_server.optimizers import build_optimizer
+from ps_server.rules import required_contributions
+from ps_server.snapshot import Snapshot
+from pscluster.settings import JobConfig
+
+T = TypeVar("T")
+
+# Below this many elements a shard's array math runs on the event loop (from
+# kernels.PARALLEL_ELEMENTS on, with a helper thread taking part of it): the hop to a thread and
+# back costs more than the loop is held (under a millisecond at this size). Above it, the math
+# runs on a thread and the loop goes on moving other requests' bytes meanwhile.
+OFFLOAD_ELEMENTS = 1 << 21
+
+
+class OwnedGradients(dict[str, np.ndarray]):
+    """Validated gradients that the shard may keep and overwrite: views of a request body that
+    nothing else refers to. The first of a step becomes the running sum without a copy."""
+
+
+class ShardCore:
+    def __init__(
+        self,
+        job: JobConfig,
+        index: int,
+        params: dict[str, np.ndarray],
+        metrics: ShardMetrics,
+    ) -> None:
+        self.job = job
+        self.index = index
+        self.params = params
+        self.metrics = metrics
+        self.optimizer = build_optimizer(
+            job.optimizer,
+            params,
+            lr=job.lr,
+            momentum=job.momentum,
+            beta1=job.beta1,
+            beta2=job.beta2,
+        )
+        self.version = 0
+        # worker id -> rank, as the coordinator last said; None until it has spoken.
+        self.members: dict[str, int] | None = None
+        # The running sum of the sync step in progress (also the async path's scratch buffer):
+        # O(P) memory however many workers push.
+        self._sum = {key: np.zeros_like(p) for key, p in params.items()}
+        self._contributors: set[str] = set()
+        self._round_started = 0.0
+        self._lock = asyncio.Lock()
+        self._version_changed = asyncio.Event()
+        # The current version's reply frame (None: not made yet, or being overwritten).
+        self._snapshot: Snapshot | None = None
+        self._sizes = {key: p.size for key, p in params.items()}
+        self._elements = sum(self._sizes.values())
+        self.stopping = False
+        self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes
+        self.restored_from: int | None = None
+        self.max_gather_s = 0.0  # the longest any sync step waited for its gradients
+        # Set whenever a version is due for a checkpoint; the app's checkpoint loop writes it.
+        self.checkpoint_due = asyncio.Event()
+        metrics.version.set(0)
+
+    @property
+    def done(self) -> bool:
+        return self.version >= self.job.steps
+
+    @property
+    def required(self) -> int:
+        live = None if self.members is None else len(self.members)
+        return required_contributions(self.job.workers, live)
+
+    def _header(self, version: int) -> dict[str, Any]:
+        return {"version": version, "done": version >= self.job.steps, "shard": self.index}
+
+    def _new_snapshot(self, version: int) -> Snapshot:
+        wire = self.job.wire_dtype.value
+        return Snapshot(self._header(version), self.params, None if wire == "float32" else wire)
+
+    async def _locked(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` under the lock, to its end even if the caller is cancelled.
+
+        A cancelled handler (shutdown past its grace period) must not release the lock while a
+        thread is still writing the parameters, nor leave an update half applied (params changed,
+        version not): the work runs as its own task, which the caller only waits for.
+        """
+
+        async def run() -> T:
+            async with self._lock:
+                return await work()
+
+        task = asyncio.ensure_future(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def _math(self, work: Callable[[], object]) -> None:
+        """Run array math inline when small, on a thread when large (NumPy releases the GIL)."""
+        if self._elements < OFFLOAD_ELEMENTS:
+            work()
+        else:
+            await asyncio.to_thread(work)
+
+    def _adoptable(self, grads: Mapping[str, np.ndarray], key: str) -> bool:
+        """Whether this gradient can become the running sum as it is, without a copy."""
+        grad = grads[key]
+        return (
+            isinstance(grads, OwnedGradients)
+            and grad.dtype == self._sum[key].dtype
+            and grad.flags.writeable
+            and grad.flags.c_contiguous
+        )
+
+    def _adopt(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Make each gradient that can be the running sum as it is; return the others (to be
+        copied into the sum)."""
+        rest = {}
+        for key in self._sum:
+            if self._adoptable(grads, key):
+                # The request's own buffer becomes the running sum: no pass to copy it. (The
+                # buffer it replaces goes back to the pool once nothing refers to it.)
+                self._sum[key] = grads[key]
+            else:
+                rest[key] = grads[key]
+        return rest
+
+    def _add_into_sum(self, grads: Mapping[str, np.ndarray], *, copy: bool = False) -> None:
+        """sum += grads (or sum = grads, upcast, with ``copy``), block by block across cores."""
+
+        def add(name: str, span: slice) -> None:
+            total, grad = flat(self._sum[name])[span], flat(grads[name])[span]
+            if copy:
+                np.copyto(total, grad)
+            else:
+                np.add(total, grad, out=total)
+
+        for_each_block({key: self._sizes[key] for key in grads}, add)

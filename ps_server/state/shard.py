@@ -1,0 +1,67 @@
+"""A shard's state, assembled from its parts (see each module), and a push's way through it:
+judged by the rules, then gathered (sync) or applied at once (async)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ps_server.rules import Verdict, judge_async_push, judge_sync_push
+from ps_server.state.checkpoints import Checkpoints
+from ps_server.state.gathering import SyncGathering
+from ps_server.state.reads import Reads
+from ps_server.state.validation import Validation
+from pscluster.protocol import ErrorCode
+from pscluster.settings import Mode
+
+
+class ShardState(SyncGathering, Reads, Checkpoints, Validation):
+    async def push(
+        self, *, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
+    ) -> Verdict:
+        """Judge and apply one validated gradient push."""
+        self.metrics.count_received()
+        return await self._locked(lambda: self._push(worker, rank, base_version, grads))
+
+    async def _push(
+        self, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
+    ) -> Verdict:
+        if self.members is not None and worker not in self.members:
+            verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
+        else:
+            # Trust the coordinator's rank over the one the push claims.
+            rank = rank if self.members is None else self.members[worker]
+            verdict = self._judge(worker, rank, base_version)
+        if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
+            self.metrics.staleness.observe(max(0, self.version - base_version))
+        if not verdict.accepted:
+            assert verdict.code is not None
+            self.metrics.count_dropped(verdict.code)
+            return verdict
+        self.metrics.count_applied(rank)
+        if self.job.mode is Mode.SYNC:
+            await self._gather(worker, grads)
+        else:
+            await self._apply_async(verdict.scale, grads)
+        return verdict
+
+    def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:
+        if self.job.mode is Mode.SYNC:
+            return judge_sync_push(
+                version=self.version,
+                base_version=base_version,
+                worker=worker,
+                contributors=self._contributors,
+                steps=self.job.steps,
+            )
+        return judge_async_push(
+            version=self.version,
+            base_version=base_version,
+            rank=rank,
+            steps=self.job.steps,
+            max_staleness=self.job.max_staleness,
+            policy=self.job.staleness_policy,
+            warmup_steps=self.job.warmup_steps,
+            leader=min(self.members.values(), default=0) if self.members else 0,
+        )
