@@ -1,0 +1,103 @@
+"""The job: what is trained and how, set on the coordinator and handed to every shard and worker."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pscluster.settings.choices import DataMode, Mode, OptimizerName, StalenessPolicy, WireDtype
+
+
+class JobConfig(BaseModel):
+    """What is trained and how: set on the coordinator, handed to every shard and worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shards: int = Field(2, ge=1, le=256, description="Number of parameter-server shards (M).")
+    workers: int = Field(4, ge=1, le=4096, description="Gradients to aggregate per sync step (N).")
+    spares: int = Field(
+        0, ge=0, le=4096, description="Spare replicas (k): N + k workers run, the fastest N count."
+    )
+    mode: Mode = Field(Mode.SYNC, description="Update mode: sync or async.")
+    steps: int = Field(300, ge=1, description="Parameter updates (shard versions) to train for.")
+    model: str = Field("mlp", description="softmax, mlp, or a user model as 'package.module:Name'.")
+    hidden: str = Field("64", description="Hidden layer widths for mlp, comma separated (1 or 2).")
+    dataset: str = Field("digits", description="digits or synthetic.")
+    synthetic_samples: int = Field(10000, ge=10, description="Size of the synthetic dataset.")
+    synthetic_features: int = Field(32, ge=1, description="Features of the synthetic dataset.")
+    synthetic_classes: int = Field(10, ge=2, description="Classes of the synthetic dataset.")
+    data_mode: DataMode = Field(DataMode.SAMPLE, description="shard or sample the training set.")
+    batch_size: int = Field(32, ge=1, description="Mini-batch size per worker step.")
+    optimizer: OptimizerName = Field(OptimizerName.MOMENTUM, description="sgd, momentum or adam.")
+    lr: float = Field(0.1, gt=0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum coefficient (momentum).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay.")
+    seed: int = Field(0, ge=0, description="Seed for parameters, data split and batches.")
+    max_staleness: int | None = Field(
+        None, ge=0, description="async: drop gradients staler than this (unset: never drop)."
+    )
+    staleness_policy: StalenessPolicy = Field(
+        StalenessPolicy.NONE, description="async: scale by none, inverse or inverse_plus_one."
+    )
+    lr_divide_by_workers: bool = Field(
+        False, description="async: divide the learning rate by the number of workers."
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="async: updates during which only rank 0 trains (Dean et al. 2012)."
+    )
+    push_wait_s: float = Field(
+        30.0, gt=0, description="sync: longest a shard holds a push reply waiting for the step."
+    )
+    checkpoint_every: int = Field(
+        50, ge=0, description="Shards checkpoint every this many versions (0: only on stop)."
+    )
+    wire_dtype: WireDtype = Field(
+        WireDtype.FLOAT32,
+        description="Gradients and parameters on the wire: float32, float16 or bfloat16 (half "
+        "the bytes; shards still sum and update in float32).",
+    )
+
+    @model_validator(mode="after")
+    def _check_job(self) -> Self:
+        if self.mode is Mode.ASYNC and self.spares:
+            raise ValueError("PSC_SPARES: spare replicas only apply to sync mode; set it to 0")
+        if self.mode is Mode.SYNC:
+            # Stale-gradient control means nothing where every gradient is fresh; refusing it
+            # beats a user believing a setting is in force.
+            async_only = {
+                "PSC_MAX_STALENESS": self.max_staleness is not None,
+                "PSC_STALENESS_POLICY": self.staleness_policy is not StalenessPolicy.NONE,
+                "PSC_LR_DIVIDE_BY_WORKERS": self.lr_divide_by_workers,
+                "PSC_WARMUP_STEPS": self.warmup_steps > 0,
+            }
+            for variable, is_set in async_only.items():
+                if is_set:
+                    raise ValueError(f"{variable}: applies to async mode only (PSC_MODE=async)")
+        if self.mode is Mode.ASYNC and self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"PSC_WARMUP_STEPS: {self.warmup_steps} warmup updates leave none of the "
+                f"{self.steps} PSC_STEPS to the other replicas; make it smaller than PSC_STEPS"
+            )
+        parse_hidden(self.hidden)
+        return self
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return parse_hidden(self.hidden)
+
+    @property
+    def world(self) -> int:
+        """Worker replicas that run: N + k."""
+        return self.workers + self.spares
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"PSC_HIDDEN: {text!r} is not comma-separated integers") from None
+    if any(size < 1 for size in sizes):
+        raise ValueError(f"PSC_HIDDEN: widths must be positive, got {text!r}")
+    return sizes
