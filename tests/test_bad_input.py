@@ -31,8 +31,13 @@ def coordinator_digest(coordinator) -> str:
 def push_body(state, *, header: dict | None = None, **array_overrides) -> bytes:
     grads = {key: np.full(p.shape, 0.5, np.float32) for key, p in state.params.items()}
     grads.update(array_overrides)
-    base = {"worker": "w0", "rank": 0, "base_version": state.version, "shard": 0,
-            "want_params": False}
+    base = {
+        "worker": "w0",
+        "rank": 0,
+        "base_version": state.version,
+        "shard": 0,
+        "want_params": False,
+    }
     return encode_frame({**base, **(header or {})}, grads)
 
 
@@ -50,8 +55,9 @@ async def test_bad_inputs_are_refused_and_change_nothing() -> None:
         state = cluster.shard_states()[0]
         shard, coord = cluster.shard_urls[0], cluster.coordinator_url
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            await http.post(f"{shard}/membership", json={"workers": {"w0": 0, "w1": 1}},
-                            headers=AUTH)
+            await http.post(
+                f"{shard}/membership", json={"workers": {"w0": 0, "w1": 1}}, headers=AUTH
+            )
             # One good push first, so the optimizer state is not all zeros.
             async with http.post(f"{shard}/push", data=push_body(state), headers=AUTH) as resp:
                 assert resp.status == 200
@@ -63,34 +69,75 @@ async def test_bad_inputs_are_refused_and_change_nothing() -> None:
             inf.flat[0] = np.inf
             shard_cases = [
                 ("no token", b"", {}, 401, "unauthorized"),
-                ("wrong token", push_body(state), {"Authorization": "Bearer nope"}, 401,
-                 "unauthorized"),
+                (
+                    "wrong token",
+                    push_body(state),
+                    {"Authorization": "Bearer nope"},
+                    401,
+                    "unauthorized",
+                ),
                 ("over the size cap", io.BytesIO(b"\x00" * (2 << 20)), AUTH, 413, "too_large"),
                 ("not msgpack", b"hello, shard", AUTH, 400, "bad_frame"),
                 ("msgpack, not a frame", msgpack.packb({"a": 1}), AUTH, 400, "bad_frame"),
-                ("no worker field", push_body(state, header={"worker": None}), AUTH, 400,
-                 "bad_message"),
-                ("rank not an int", push_body(state, header={"rank": "zero"}), AUTH, 400,
-                 "bad_message"),
+                (
+                    "no worker field",
+                    push_body(state, header={"worker": None}),
+                    AUTH,
+                    400,
+                    "bad_message",
+                ),
+                (
+                    "rank not an int",
+                    push_body(state, header={"rank": "zero"}),
+                    AUTH,
+                    400,
+                    "bad_message",
+                ),
                 ("unknown dtype", with_bad_dtype(push_body(state)), AUTH, 400, "bad_dtype"),
-                ("wrong dtype", push_body(state, **{key: np.zeros(shape, np.float64)}), AUTH,
-                 400, "bad_dtype"),
-                ("wrong shape", push_body(state, **{key: np.zeros((1, 1), np.float32)}), AUTH,
-                 400, "bad_shape"),
+                (
+                    "wrong dtype",
+                    push_body(state, **{key: np.zeros(shape, np.float64)}),
+                    AUTH,
+                    400,
+                    "bad_dtype",
+                ),
+                (
+                    "wrong shape",
+                    push_body(state, **{key: np.zeros((1, 1), np.float32)}),
+                    AUTH,
+                    400,
+                    "bad_shape",
+                ),
                 ("NaN", push_body(state, **{key: nan}), AUTH, 400, "not_finite"),
                 ("Inf", push_body(state, **{key: inf}), AUTH, 400, "not_finite"),
-                ("unknown parameter", push_body(state, bogus=np.zeros(2, np.float32)), AUTH, 400,
-                 "unknown_parameter"),
-                ("unknown worker", push_body(state, header={"worker": "stranger"}), AUTH, 409,
-                 "unknown_worker"),
+                (
+                    "unknown parameter",
+                    push_body(state, bogus=np.zeros(2, np.float32)),
+                    AUTH,
+                    400,
+                    "unknown_parameter",
+                ),
+                (
+                    "unknown worker",
+                    push_body(state, header={"worker": "stranger"}),
+                    AUTH,
+                    409,
+                    "unknown_worker",
+                ),
                 ("wrong shard", push_body(state, header={"shard": 3}), AUTH, 400, "wrong_shard"),
-                ("version from the future", push_body(state, header={"base_version": 99}), AUTH,
-                 409, "future_version"),
+                (
+                    "version from the future",
+                    push_body(state, header={"base_version": 99}),
+                    AUTH,
+                    409,
+                    "future_version",
+                ),
             ]
             before = shard_digest(state)
             for name, body, headers, status, code in shard_cases:
-                async with http.post(f"{shard}/push", data=body,
-                                     headers={"Content-Type": MSGPACK, **headers}) as resp:
+                async with http.post(
+                    f"{shard}/push", data=body, headers={"Content-Type": MSGPACK, **headers}
+                ) as resp:
                     reply = await resp.read()
                     assert resp.status == status, name
                     got = resp.headers.get("PS-Status") or json.loads(reply).get("error")
@@ -105,8 +152,13 @@ async def test_bad_inputs_are_refused_and_change_nothing() -> None:
                 ("/register/worker", b"not json", AUTH, 400, "bad_message"),
                 ("/register/worker", {"id": "x"}, AUTH, 400, "bad_message"),
                 ("/register/worker", io.BytesIO(b"[" * (2 << 20)), AUTH, 413, "too_large"),
-                ("/register/shard", {"index": 7, "url": "http://127.0.0.1:1"}, AUTH, 400,
-                 "wrong_shard"),
+                (
+                    "/register/shard",
+                    {"index": 7, "url": "http://127.0.0.1:1"},
+                    AUTH,
+                    400,
+                    "wrong_shard",
+                ),
                 ("/heartbeat", {"worker_id": "ghost"}, AUTH, 404, "unknown_worker"),
                 ("/membership", {}, AUTH, 404, None),  # no such endpoint on the coordinator
             ]

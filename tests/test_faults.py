@@ -7,8 +7,24 @@ import pytest
 
 from tests.test_launcher import pscluster_up
 
-JOB = ["--shards", "2", "--workers", "3", "--spares", "1", "--steps", "150", "--seed", "0",
-       "--checkpoint-every", "25", "--eval-every", "1000", "--heartbeat-lease-s", "3"]
+JOB = [
+    "--shards",
+    "2",
+    "--workers",
+    "3",
+    "--spares",
+    "1",
+    "--steps",
+    "150",
+    "--seed",
+    "0",
+    "--checkpoint-every",
+    "25",
+    "--eval-every",
+    "1000",
+    "--heartbeat-lease-s",
+    "3",
+]
 TARGET_ACCURACY = 0.93
 
 

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,15 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
     assert "PSC_SPARES" in result.stderr
 
 
+def training_step(coordinator_url: str) -> int:
+    """The coordinator's global step (0 until it answers; /status needs no token)."""
+    try:
+        with urllib.request.urlopen(f"{coordinator_url}/status", timeout=5) as resp:
+            return int(json.loads(resp.read())["step"])
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return 0
+
+
 def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
     import os
     import signal
@@ -153,7 +164,11 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         urls = [p.read_text().strip() for p in run_dir.glob("*.url")]
-        time.sleep(1.0)  # training under way
+        coordinator = (run_dir / "coordinator.url").read_text().strip()
+        # Training under way: the shards are past their first versions.
+        while training_step(coordinator) < 5:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
         os.killpg(launcher.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         assert launcher.wait(60) == 130
         for url in urls:

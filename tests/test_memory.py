@@ -31,8 +31,14 @@ async def push_many(client: ShardClient, count: int) -> dict[str, int]:
 
     async def pusher() -> None:
         for step in queue:
-            reply = await client.push(worker="w0", rank=0, step=step, base_version=0,
-                                      grads=grads, want_params=step % 10 == 0)
+            reply = await client.push(
+                worker="w0",
+                rank=0,
+                step=step,
+                base_version=0,
+                grads=grads,
+                want_params=step % 10 == 0,
+            )
             statuses[reply.status] = statuses.get(reply.status, 0) + 1
 
     await asyncio.gather(*(pusher() for _ in range(CONCURRENCY)))
@@ -43,9 +49,17 @@ def test_shard_memory_stays_flat_under_10000_pushes(tmp_path: Path) -> None:
     processes = []
     try:
         coordinator, coord_url = start(
-            "coordinator", tmp_path, "coordinator", PSC_SHARDS="1", PSC_WORKERS="1",
-            PSC_MODE="async", PSC_MODEL="softmax", PSC_STEPS="1000000", PSC_OPTIMIZER="sgd",
-            PSC_LR="0.0001", PSC_HEARTBEAT_LEASE_S="600",
+            "coordinator",
+            tmp_path,
+            "coordinator",
+            PSC_SHARDS="1",
+            PSC_WORKERS="1",
+            PSC_MODE="async",
+            PSC_MODEL="softmax",
+            PSC_STEPS="1000000",
+            PSC_OPTIMIZER="sgd",
+            PSC_LR="0.0001",
+            PSC_HEARTBEAT_LEASE_S="600",
         )
         processes.append(coordinator)
         shard, shard_url = start("ps_server", tmp_path, "ps0", PSC_COORDINATOR_URL=coord_url)
@@ -54,8 +68,9 @@ def test_shard_memory_stays_flat_under_10000_pushes(tmp_path: Path) -> None:
         async def run() -> tuple[int, int, dict[str, int]]:
             async with make_session(30.0, token=TOKEN) as session:
                 for _ in range(100):  # bounded: the shard must have its job first
-                    status, _ = await post_json(session, f"{coord_url}/register/worker",
-                                                {"worker_id": "w0"})
+                    status, _ = await post_json(
+                        session, f"{coord_url}/register/worker", {"worker_id": "w0"}
+                    )
                     if status == 200:
                         break
                     await asyncio.sleep(0.1)

@@ -64,7 +64,7 @@ async def test_fewer_live_workers_complete_the_step() -> None:
 async def test_long_poll_wakes_on_the_next_version() -> None:
     state = make_state(workers=1)
     waiter = asyncio.create_task(state.wait_for_version(0, 5.0))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # a bounded wait that shows the waiter is *not* woken early
     assert not waiter.done()
     await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
     await asyncio.wait_for(waiter, 1.0)
@@ -152,7 +152,7 @@ async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> Non
     push = asyncio.create_task(state.push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
     assert await asyncio.to_thread(halfway.wait, 5)
     snapshot = asyncio.create_task(state.encoded_params())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a bounded wait that shows the snapshot does *not* come early
     assert not snapshot.done()  # it waits for the update to finish
     resume.set()
     await push
