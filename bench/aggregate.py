@@ -69,11 +69,13 @@ class CopyRing:
             n = len(self.ring)
             source, target = self.ring[self.calls % n], self.ring[(self.calls + 1) % n]
             if all_cores:
-                for_each_block(
-                    {"x": source.size},
-                    lambda _, span, t=target, s=source: np.copyto(t[span], s[span]),
-                    blocked=False,
-                )
+
+                def copy_block(
+                    _: str, span: slice, t: np.ndarray = target, s: np.ndarray = source
+                ) -> None:
+                    np.copyto(t[span], s[span])
+
+                for_each_block({"x": source.size}, copy_block, blocked=False)
             else:
                 np.copyto(target, source)
             self.calls += 1

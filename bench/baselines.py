@@ -52,7 +52,7 @@ def _recv_exact(conn: socket.socket, view: memoryview) -> bool:
 
 def serve_raw(params: int) -> None:
     """Answer each length-prefixed message with ``params`` float32s; a thread per connection."""
-    reply = memoryview(np.ones(params, dtype=np.float32)).cast("B")
+    reply = np.ones(params, dtype=np.float32).data.cast("B")
     listener = socket.create_server(("127.0.0.1", 0))
 
     def handle(conn: socket.socket) -> None:
@@ -64,7 +64,7 @@ def serve_raw(params: int) -> None:
                 (length,) = LENGTH.unpack(head)
                 if body.nbytes < length:
                     body = np.empty(length, dtype=np.uint8)
-                _recv_exact(conn, memoryview(body)[:length])
+                _recv_exact(conn, body.data[:length])
                 conn.sendall(LENGTH.pack(len(reply)))
                 conn.sendall(reply)
 
@@ -83,7 +83,7 @@ class RawClients:
 
     def __init__(self, address: str, params: int, workers: int) -> None:
         host, port = address.rsplit(":", 1)
-        self.grads = memoryview(np.full(params, GRADIENT, dtype=np.float32)).cast("B")
+        self.grads = np.full(params, GRADIENT, dtype=np.float32).data.cast("B")
         self.received = [np.empty(params, dtype=np.float32) for _ in range(workers)]
         self.conns = []
         for _ in range(workers):
@@ -92,7 +92,7 @@ class RawClients:
             self.conns.append(conn)
 
     def _round_trips(self, rank: int, iterations: int) -> None:
-        conn, received = self.conns[rank], memoryview(self.received[rank]).cast("B")
+        conn, received = self.conns[rank], self.received[rank].data.cast("B")
         head = bytearray(LENGTH.size)
         for _ in range(iterations):
             conn.sendall(LENGTH.pack(len(self.grads)))

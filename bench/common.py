@@ -101,7 +101,8 @@ def pscluster_up(flags: Sequence[str], run_dir: Path, timeout_s: float = 600) ->
             f"{' '.join(command)} exited {done.returncode}:\n"
             f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
-    return json.loads(summary_path.read_text())
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    return summary
 
 
 def write_json(path: Path | None, bench: str, rows: list[dict[str, Any]], **extra: Any) -> None:

@@ -59,7 +59,8 @@ def configurations(args: argparse.Namespace) -> list[Config]:
 
 
 def sync_lr(args: argparse.Namespace) -> float:
-    return args.lr * args.workers if args.linear_scaling else args.lr
+    lr: float = args.lr * args.workers if args.linear_scaling else args.lr
+    return lr
 
 
 def common_flags(args: argparse.Namespace) -> list[str]:

@@ -12,7 +12,8 @@ from pscluster.faults import fired_at
 
 def get_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as resp:
-        return json.loads(resp.read())
+        status: dict[str, Any] = json.loads(resp.read())
+    return status
 
 
 def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def array_module(a: Any) -> ModuleType:
 def to_numpy(a: Any) -> np.ndarray:
     """A host NumPy array: copies a CuPy array off the device, passes NumPy through."""
     if array_module(a) is not np:
-        return a.get()
+        host: np.ndarray = a.get()
+        return host
     return np.asarray(a)
 
 

@@ -77,11 +77,15 @@ def device_module(name: str) -> ModuleType:
     return cupy
 
 
-def compute(xp: ModuleType, model: Any, params: dict[str, np.ndarray], wire: str, x, y):  # noqa: ANN001, ANN201
+def compute(
+    xp: ModuleType, model: Any, params: dict[str, np.ndarray], wire: str, x: Any, y: Any
+) -> tuple[float, dict[str, np.ndarray]]:
     """The worker's own compute step, on backend ``xp``."""
     worker = SimpleNamespace(
         xp=xp, model=model, full=params, job=SimpleNamespace(wire_dtype=SimpleNamespace(value=wire))
     )
+    # A stand-in for the Trainer with only the attributes _compute reads: the check runs the
+    # worker's own step without a cluster to connect to.
     return Trainer._compute(worker, x, y)  # type: ignore[arg-type]
 
 

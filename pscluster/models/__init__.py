@@ -36,7 +36,7 @@ def _load_user_factory(spec: str) -> Callable[..., object]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"model spec {spec!r}: cannot import module {module_name!r}") from exc
-    factory = getattr(module, attr, None)
+    factory: object = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"model spec {spec!r}: {module_name} has no class or function {attr!r}")
     return factory

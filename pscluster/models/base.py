@@ -56,7 +56,10 @@ def parameter_rng(seed: int, name: str) -> np.random.Generator:
 def he_normal(seed: int, name: str, shape: tuple[int, int]) -> np.ndarray:
     """He initialisation (std sqrt(2 / fan_in)) for a [fan_in, fan_out] weight, float32."""
     std = np.sqrt(2.0 / shape[0])
-    return (parameter_rng(seed, name).standard_normal(shape) * std).astype(np.float32)
+    weights: np.ndarray = (parameter_rng(seed, name).standard_normal(shape) * std).astype(
+        np.float32
+    )
+    return weights
 
 
 def _labels_like(logits: Array, y: Array) -> Array:
