@@ -18,6 +18,7 @@ from pscluster.client import get_json, make_session, post_json, read_frame_body
 from pscluster.faults import maybe_kill
 from pscluster.protocol import ProtocolError, decode_frame
 from pscluster.service import background
+from pscluster.settings.timeouts import CONTROL_CALL_TIMEOUT_S, COORDINATOR_REQUEST_TIMEOUT_S
 from pscluster.sharding import allocate_full, assemble_into
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ async def announce_membership(app: web.Application, *, force: bool) -> None:
 
     async def tell(url: str) -> None:
         try:
-            await post_json(session, f"{url}/membership", {"workers": members}, 5.0)
+            await post_json(
+                session, f"{url}/membership", {"workers": members}, CONTROL_CALL_TIMEOUT_S
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("could not reach shard %s (%s)", url, type(exc).__name__)
 
@@ -60,7 +63,7 @@ async def poll_shards(app: web.Application) -> None:
 
     async def poll(index: int, url: str) -> None:
         try:
-            status, state = await get_json(session, f"{url}/state", 5.0)
+            status, state = await get_json(session, f"{url}/state", CONTROL_CALL_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError):
             return
         if status == 200 and state.get("ready"):
@@ -76,7 +79,8 @@ async def evaluate(app: web.Application) -> None:
     full = allocate_full(coordinator.shapes)
 
     async def pull(index: int, url: str) -> int:
-        async with session.get(f"{url}/params", timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        # The session's timeout (COORDINATOR_REQUEST_TIMEOUT_S) bounds the whole pull.
+        async with session.get(f"{url}/params") as resp:
             # Like a worker's pull: into a pooled buffer, arrays decoded as views of it.
             body = await read_frame_body(resp.content, resp.content_length, MAX_PARAMS_BYTES)
         frame = decode_frame(body)
@@ -108,7 +112,7 @@ async def evaluate(app: web.Application) -> None:
 async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
     coordinator = app[COORDINATOR]
     settings = coordinator.settings
-    coordinator.http = make_session(30.0, token=settings.cluster_token())
+    coordinator.http = make_session(COORDINATOR_REQUEST_TIMEOUT_S, token=settings.cluster_token())
 
     async def run() -> None:
         last_forced = 0.0

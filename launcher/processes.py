@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pscluster.settings import ENV_PREFIX
+from pscluster.settings.timeouts import READY_POLL_S, SERVICE_READY_TIMEOUT_S, STOP_GRACE_S
 
 # A dead coordinator or shard is restarted on its port, as compose's restart policy would; a
 # worker is not: spare replicas cover for it.
@@ -85,7 +86,7 @@ class Cluster:
     def fault_marker(self, name: str) -> Path:
         return self.run_dir / f"fault-{name}"
 
-    def wait_ready(self, service: Service, timeout_s: float = 60.0) -> str:
+    def wait_ready(self, service: Service, timeout_s: float = SERVICE_READY_TIMEOUT_S) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if service.ready_file.exists():
@@ -96,10 +97,10 @@ class Cluster:
                     f"{service.name} exited with {service.process.returncode}; "
                     f"see {service.log_path}"
                 )
-            time.sleep(0.02)
+            time.sleep(READY_POLL_S)
         raise LaunchError(f"{service.name} not ready after {timeout_s} s; see {service.log_path}")
 
-    def stop(self, grace_s: float = 15.0) -> dict[str, int | None]:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> dict[str, int | None]:
         """SIGTERM everything (workers first, coordinator last); SIGKILL what outlives grace."""
         for service in self.services:
             if service.process.poll() is None:

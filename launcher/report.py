@@ -8,9 +8,10 @@ from typing import Any
 
 from launcher.processes import Cluster
 from pscluster.faults import fired_at
+from pscluster.settings.timeouts import STATUS_TIMEOUT_S
 
 
-def get_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def get_status(url: str, timeout_s: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as resp:
         status: dict[str, Any] = json.loads(resp.read())
     return status

@@ -32,6 +32,7 @@ from pscluster.settings import (
     ServiceSettings,
     load_settings,
 )
+from pscluster.settings.timeouts import STATUS_POLL_S, STATUS_RETRY_S, WORKERS_LEAVE_S
 from pscluster.startup import add_settings_flags
 
 # Job flags the launcher hands to the coordinator; service fields (host, port, ...) it sets itself.
@@ -167,7 +168,7 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
         status = follow(cluster, coordinator_url, args)
         wall_s = time.monotonic() - training_started
         # Workers leave by themselves once every shard says done; give them a moment.
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + WORKERS_LEAVE_S
         for worker in cluster.workers:
             try:
                 worker.process.wait(max(0.1, deadline - time.monotonic()))
@@ -210,7 +211,7 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
         try:
             status = get_status(url)
         except (urllib.error.URLError, TimeoutError, ConnectionError):
-            time.sleep(0.2)
+            time.sleep(STATUS_RETRY_S)
             continue
         now = time.monotonic()
         if not args.quiet and (
@@ -220,7 +221,7 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
             last_printed = now
         if status["phase"] == "done":
             return status
-        time.sleep(0.1)
+        time.sleep(STATUS_POLL_S)
     raise LaunchError(f"job not done after {args.timeout} s")
 
 

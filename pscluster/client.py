@@ -20,6 +20,7 @@ from aiohttp.http import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from pscluster.protocol import BUFFERS, MSGPACK, BufferPool, EncodedFrame, ErrorCode, ProtocolError
+from pscluster.settings.timeouts import KEEPALIVE_S, RETRY_BASE_S, RETRY_CAP_S
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ def make_session(
 ) -> aiohttp.ClientSession:
     """One pooled keep-alive session per service; every call has an explicit timeout and, when
     the cluster has a token, carries it."""
-    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60)
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=KEEPALIVE_S)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
@@ -321,8 +322,8 @@ async def retry(
     call: Callable[[], Awaitable[T]],
     *,
     attempts: int,
-    base_s: float = 0.05,
-    cap_s: float = 2.0,
+    base_s: float = RETRY_BASE_S,
+    cap_s: float = RETRY_CAP_S,
     retry_on: tuple[type[BaseException], ...] = RETRYABLE,
 ) -> T:
     """Call until it succeeds, at most ``attempts`` times, sleeping with jittered backoff."""

@@ -12,8 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from pscluster.settings import ENV_PREFIX
-
-TIMEOUT_S = 3.0
+from pscluster.settings.timeouts import HEALTHCHECK_TIMEOUT_S
 
 
 def local_url(environ: dict[str, str] | None = None) -> str:
@@ -31,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     url = (argv[0] if argv else local_url()).rstrip("/")
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=TIMEOUT_S) as resp:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=HEALTHCHECK_TIMEOUT_S) as resp:
             return 0 if resp.status == 200 else 1
     except OSError as exc:
         print(f"healthcheck: {url}/healthz: {exc}", file=sys.stderr)

@@ -24,14 +24,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from pscluster.client import tune_allocator
 from pscluster.settings import ServiceSettings
+from pscluster.settings.timeouts import SHUTDOWN_GRACE_S
 
 log = logging.getLogger(__name__)
 
 AppFactory = Callable[[str], web.Application]
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
-# How long in-flight requests may take to finish once a service stops accepting new ones.
-GRACE_S = 10.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -71,7 +70,9 @@ async def running_service(
     url = public_url(settings, sock)
     app = factory(url)
     # shutdown_timeout: in-flight handlers get this long to finish once we stop accepting.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=GRACE_S, access_log=None)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
+    )
     await runner.setup()
     try:
         await web.SockSite(runner, sock).start()

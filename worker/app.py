@@ -18,6 +18,12 @@ from pscluster.jobspec import Registration
 from pscluster.protocol import ErrorCode
 from pscluster.service import SERVICE_DONE, add_auth, add_observability, background
 from pscluster.settings import WorkerSettings
+from pscluster.settings.timeouts import (
+    CONTROL_CALL_TIMEOUT_S,
+    DEREGISTER_TIMEOUT_S,
+    REGISTER_BACKOFF_BASE_S,
+    REGISTER_BACKOFF_CAP_S,
+)
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient
 from worker.training import Trainer
@@ -47,7 +53,7 @@ class WorkerService:
     async def register(self, session: aiohttp.ClientSession) -> Registration:
         """Register until the cluster is ready, within ``register_timeout_s``."""
         deadline = time.monotonic() + self.settings.register_timeout_s
-        delays = backoff_delays(0.05, 1.0)
+        delays = backoff_delays(REGISTER_BACKOFF_BASE_S, REGISTER_BACKOFF_CAP_S)
         while True:
             payload: dict[str, object] = {"worker_id": self.worker_id}
             if self.rank >= 0:
@@ -76,7 +82,7 @@ class WorkerService:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             payload = {"worker_id": self.worker_id, "stats": self.stats()}
             try:
-                status, _ = await post_json(session, url, payload, 5.0)
+                status, _ = await post_json(session, url, payload, CONTROL_CALL_TIMEOUT_S)
                 if status == 404:
                     # The coordinator restarted or expired us: register again, same id and rank.
                     log.warning("coordinator lost us; registering again")
@@ -126,7 +132,8 @@ class WorkerService:
         """Tell the coordinator we are gone, so sync steps stop counting on us."""
         payload = {"worker_id": self.worker_id, "stats": self.stats()}
         try:
-            await post_json(session, f"{self.coordinator}/deregister", payload, 2.0)
+            url = f"{self.coordinator}/deregister"
+            await post_json(session, url, payload, DEREGISTER_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError):
             pass
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from pscluster.client import FramePayload, read_frame_body, retry
 from pscluster.protocol import MSGPACK, decode_frame, frame_buffers
+from pscluster.settings.timeouts import SHARD_CALL_ATTEMPTS
 
 MAX_REPLY_BYTES = 8 << 30
 
@@ -26,12 +27,16 @@ class ShardReply:
 
 class ShardClient:
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, index: int, *, attempts: int = 30
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        index: int,
+        *,
+        attempts: int = SHARD_CALL_ATTEMPTS,
     ) -> None:
         self.session = session
         self.url = url.rstrip("/")
         self.index = index
-        # Enough attempts, with backoff capped at 2 s, to ride out a shard restart.
         self.attempts = attempts
 
     async def pull(self, after: int = -1, wait_s: float = 0.0) -> ShardReply:

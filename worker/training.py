@@ -22,6 +22,7 @@ from pscluster.models import build_model
 from pscluster.protocol import ErrorCode, to_wire
 from pscluster.sampling import batch_indices
 from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
+from pscluster.settings.timeouts import UNKNOWN_WORKER_PAUSE_S
 from pscluster.sharding import allocate_full, assemble_into, slice_part
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient, ShardReply
@@ -182,7 +183,7 @@ class Trainer:
                 self._absorb(index, await shard.client.pull(after=after, wait_s=LONG_POLL_S))
             elif reply.status == ErrorCode.UNKNOWN_WORKER.value:
                 # Not a member (yet): the heartbeat re-registers us; do not spin meanwhile.
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(UNKNOWN_WORKER_PAUSE_S)
 
         await asyncio.gather(
             *(exchange(i) for i, shard in enumerate(self.shards) if not shard.done)
