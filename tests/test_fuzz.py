@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -92,7 +93,9 @@ def live_shard() -> Iterator[str]:
             await cluster.wait_shards_ready()
             ready["url"] = cluster.shard_urls[0]
             started.set()
-            while not stop.is_set():
+            # Serve until the module's tests are done, within a deadline all the same.
+            deadline = time.monotonic() + 300
+            while not stop.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
