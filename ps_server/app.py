@@ -302,7 +302,11 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     app[METRICS] = ShardMetrics(registry)
     app[SLOT] = ShardSlot()
     app[URL] = url
-    add_observability(app, registry)
+    slot = app[SLOT]
+    # Ready once it holds its job: the coordinator has handed it the job and its parameters.
+    add_observability(
+        app, registry, lambda: None if slot.state is not None else "waiting for the job"
+    )
     app.router.add_post("/push", bounded_push(handle_push))
     app.router.add_get("/params", handle_params)
     app.router.add_get("/state", handle_state)

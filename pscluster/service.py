@@ -133,7 +133,7 @@ def run_service(factory: AppFactory, settings: ServiceSettings) -> web.Applicati
 
 # Open to anyone who reaches the port, as Prometheus and load balancers expect; /status is a
 # read-only summary for humans.
-OPEN_PATHS = frozenset({"/metrics", "/healthz", "/status"})
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/status"})
 
 
 def add_auth(app: web.Application, token: str | None) -> None:
@@ -159,8 +159,16 @@ def add_auth(app: web.Application, token: str | None) -> None:
     app.middlewares.append(authorized)
 
 
-def add_observability(app: web.Application, registry: CollectorRegistry) -> None:
-    """Open ``/metrics`` and ``/healthz``; count and time every request by endpoint."""
+# Why a service is not ready for its role yet (None: ready); Kubernetes' readiness probe asks.
+Readiness = Callable[[], str | None]
+
+
+def add_observability(
+    app: web.Application, registry: CollectorRegistry, not_ready: Readiness | None = None
+) -> None:
+    """Open ``/metrics``, ``/healthz`` (liveness: the process answers) and ``/readyz``
+    (readiness: ready for the service's role, 503 with the reason until then); count and time
+    every request by endpoint."""
     app[REGISTRY] = registry
     # process_cpu_seconds_total, process_resident_memory_bytes, open fds: is anything growing?
     ProcessCollector(registry=registry)
@@ -221,6 +229,13 @@ def add_observability(app: web.Application, registry: CollectorRegistry) -> None
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def readyz(request: web.Request) -> web.Response:
+        reason = not_ready() if not_ready is not None else None
+        if reason is not None:
+            return web.json_response({"ready": False, "reason": reason}, status=503)
+        return web.json_response({"ready": True})
+
     app.middlewares.append(timed)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -18,6 +18,7 @@ from pscluster.settings import (
     PULL_LONG_POLL_S,
     CoordinatorSettings,
     JobConfig,
+    ShardSettings,
     WorkerSettings,
     load_settings,
     unknown_variables,
@@ -179,3 +180,31 @@ def test_help_lists_every_setting(service: str, capsys: pytest.CaptureFixture[st
         assert f"--{name.replace('_', '-')}" in help_text
         assert f"env {ENV_PREFIX}{name.upper()}," in help_text
         assert " ".join((info.description or "").split()) in help_text
+
+
+@pytest.mark.parametrize(
+    ("name", "index"), [("pscluster-ps-0", 0), ("pscluster-ps-3", 3), ("ps-12", 12)]
+)
+def test_shard_index_comes_from_a_statefulset_pod_name(
+    name: str, index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kubernetes passes metadata.name as PSC_SHARD_NAME (downward API); its ordinal is the index.
+    monkeypatch.setenv("PSC_SHARD_NAME", name)
+    assert ShardSettings(insecure=True).shard_index == index
+    # The same index given too agrees; an empty PSC_SHARD_INDEX means unset.
+    monkeypatch.setenv("PSC_SHARD_INDEX", str(index))
+    assert ShardSettings(insecure=True).shard_index == index
+    monkeypatch.setenv("PSC_SHARD_INDEX", "")
+    assert ShardSettings(insecure=True).shard_index == index
+
+
+def test_shard_name_without_an_ordinal_or_disagreeing_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("pscluster-ps", "pscluster-ps-", "ps-x", "PS-1"):
+        with pytest.raises(ValueError, match=r"PSC_SHARD_NAME: .* does not end in '-<ordinal>'"):
+            ShardSettings(insecure=True, shard_name=name)
+    with pytest.raises(ValueError, match="PSC_SHARD_INDEX: 2 disagrees with PSC_SHARD_NAME"):
+        ShardSettings(insecure=True, shard_name="pscluster-ps-3", shard_index=2)
+    # Without a name, the index is taken as given (compose and the launcher set it).
+    assert ShardSettings(insecure=True, shard_index=5).shard_index == 5
