@@ -191,7 +191,10 @@ def test_grafana_is_provisioned(config: dict[str, Any]) -> None:
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
-    assert "FROM python:3.11-slim" in lines
+    # The default target (the last stage) is the CPU image; `--target cuda` the GPU workers'.
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert stages[-1] == "FROM python:3.11-slim AS cpu"
+    assert [s.rsplit(" ", 1)[-1] for s in stages] == ["cuda", "cpu"]
     assert any("pip install" in line and "-c constraints.txt" in line for line in lines)
     assert "USER pscluster" in lines
     assert any("pscluster.healthcheck" in line for line in lines)
