@@ -202,6 +202,10 @@ def test_the_rendered_manifests_train_the_default_job(tmp_path: Path) -> None:
         assert job["aggregate"] == 4 and job["spares"] == 1
         assert len(job["workers"]) == 5
         assert job["accuracy"] >= 0.95, job["accuracy"]
+        print(
+            f"k8s smoke: accuracy {job['accuracy']:.4f}, loss {job['loss']:.4f}, "
+            f"{job['step']} steps in {job['seconds']:.1f} s"
+        )
         # Each shard advertised its pod's DNS name (mapped here to its loopback port).
         shard_ports = sorted(s.port for s in shards)
         assert sorted(int(s["url"].rsplit(":", 1)[1]) for s in job["shards"]) == shard_ports
