@@ -81,9 +81,13 @@ class Container:
         return spec["parallelism"] if self.kind == "Job" else spec.get("replicas", 1)
 
     @property
+    def ports(self) -> dict[str, int]:
+        """Named container ports: ``http`` (control plane, metrics, probes) and any other."""
+        return {p["name"]: p["containerPort"] for p in self.spec["ports"]}
+
+    @property
     def http_port(self) -> int:
-        (port,) = [p["containerPort"] for p in self.spec["ports"] if p["name"] == "http"]
-        return port
+        return self.ports["http"]
 
     def env(self, fields: dict[str, str]) -> dict[str, str]:
         """The environment as the kubelet builds it: downward-API values from ``fields``

@@ -138,9 +138,10 @@ def test_monitors_validate_against_the_prometheus_operator_models(
     components = set(monitor["spec"]["selector"]["matchExpressions"][0]["values"])
     services = [d for d in base if d["kind"] == "Service"]
     assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == components
-    assert {p["name"] for s in services for p in s["spec"]["ports"]} == {
-        monitor["spec"]["endpoints"][0]["port"]
-    }
+    assert all(
+        monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in s["spec"]["ports"]}
+        for s in services
+    )
 
 
 def test_every_variable_is_a_setting_and_every_setting_is_set(
@@ -172,6 +173,14 @@ def test_every_variable_is_a_setting_and_every_setting_is_set(
                 patch.setenv("PSC_TOKEN_FILE", str(token))
                 settings = cls()
             assert settings.host == "0.0.0.0" and settings.port == container.http_port
+            # Every other named port is the one a PSC_*_PORT setting listens on.
+            others = {n: p for n, p in container.ports.items() if n != "http"}
+            listening = {
+                getattr(settings, f)
+                for f in cls.model_fields
+                if f.endswith("_port") and f != "port"
+            }
+            assert set(others.values()) <= listening, (service, others, listening)
             if service == "ps":
                 assert settings.shard_index == 1  # from the pod name pscluster-ps-1
                 assert settings.advertise_url == "http://pscluster-ps-1.pscluster-ps:7100"
@@ -228,8 +237,10 @@ def test_ports_probes_and_urls_match_the_services(base: list[dict[str, Any]]) ->
             if service["spec"]["selector"].items()
             <= c.workload["spec"]["template"]["metadata"]["labels"].items()
         ]
-        (port,) = service["spec"]["ports"]
-        assert port["targetPort"] == "http" and port["port"] == target.http_port
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        assert set(ports) == set(target.ports)
+        for name, port in ports.items():
+            assert port["targetPort"] == name and port["port"] == target.ports[name]
     assert services["pscluster-ps"]["spec"]["clusterIP"] == "None"
     assert found["ps"].workload["spec"]["serviceName"] == "pscluster-ps"
     # Every URL a service is given names a Service and its port.

@@ -37,8 +37,12 @@ def free_port() -> int:
 class Pod:
     name: str
     container: Container
-    port: int  # the loopback port standing for the container's http port
+    local_ports: dict[int, int]  # container port -> the loopback port standing for it
     process: subprocess.Popen | None = None
+
+    @property
+    def port(self) -> int:
+        return self.local_ports[self.container.http_port]
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -53,7 +57,7 @@ def plan_pods(docs: list[dict[str, Any]]) -> list[Pod]:
                 name = f"{container.name}-{i}"
             else:  # Deployment and Job pods get a generated suffix
                 name = f"{container.name}-{service}{i}"
-            pods.append(Pod(name, container, free_port()))
+            pods.append(Pod(name, container, {p: free_port() for p in container.ports.values()}))
     return pods
 
 
@@ -69,13 +73,13 @@ def addresses(docs: list[dict[str, Any]], pods: list[Pod]) -> dict[tuple[str, in
             if spec["selector"].items()
             <= p.container.workload["spec"]["template"]["metadata"]["labels"].items()
         ]
-        (port,) = spec["ports"]
-        if spec.get("clusterIP") == "None":
+        if spec.get("clusterIP") != "None":
+            assert len(selected) == 1  # one replica behind the Service: the coordinator
+        for port in spec["ports"]:
             for pod in selected:
-                found[(f"{pod.name}.{name}", port["port"])] = pod.port
-        else:
-            (pod,) = selected  # one replica behind the Service: the coordinator
-            found[(name, port["port"])] = pod.port
+                local = pod.local_ports[pod.container.ports[port["targetPort"]]]
+                dns = f"{pod.name}.{name}" if spec.get("clusterIP") == "None" else name
+                found[(dns, port["port"])] = local
     return found
 
 
@@ -106,7 +110,7 @@ def mounted_dirs(pod: Pod, docs: list[dict[str, Any]], tmp: Path) -> dict[str, P
 def local_env(pod: Pod, docs: list[dict[str, Any]], pods: list[Pod], tmp: Path) -> dict[str, str]:
     container = pod.container
     env = container.env({"metadata.name": pod.name, "status.podIP": "127.0.0.1"})
-    names = addresses(docs, pods) | {("127.0.0.1", container.http_port): pod.port}
+    names = addresses(docs, pods) | {("127.0.0.1", p): pod.local_ports[p] for p in pod.local_ports}
     mounts = mounted_dirs(pod, docs, tmp)
 
     def localise(value: str) -> str:
@@ -124,7 +128,11 @@ def local_env(pod: Pod, docs: list[dict[str, Any]], pods: list[Pod], tmp: Path) 
     local = {name: localise(value) for name, value in env.items()}
     # Loopback only, on the port standing for the container's.
     assert local["PSC_HOST"] == "0.0.0.0" and local["PSC_PORT"] == str(container.http_port)
-    local["PSC_HOST"], local["PSC_PORT"] = "127.0.0.1", str(pod.port)
+    local["PSC_HOST"] = "127.0.0.1"
+    # Each PSC_*PORT naming a container port (PSC_PORT, a data plane's) takes its loopback port.
+    for name, value in local.items():
+        if name.endswith("PORT") and value.isdigit() and int(value) in pod.local_ports:
+            local[name] = str(pod.local_ports[int(value)])
     return local
 
 
