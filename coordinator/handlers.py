@@ -3,7 +3,6 @@ an ``ErrorCode``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -11,18 +10,12 @@ from aiohttp import web
 from coordinator.loops import announce_membership
 from coordinator.state import COORDINATOR
 from pscluster.client import read_body
+from pscluster.jsonbody import parse_json_object, parse_worker_stats
 from pscluster.protocol import ErrorCode, ProtocolError, error_json
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    body = await read_body(request.content, request.content_length, 1 << 20)
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "body is not JSON") from None
-    if not isinstance(payload, dict):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "body is not a JSON object")
-    return payload
+    return parse_json_object(await read_body(request.content, request.content_length, 1 << 20))
 
 
 def _refuse(exc: ProtocolError) -> web.Response:
@@ -71,8 +64,8 @@ async def handle_heartbeat(request: web.Request) -> web.Response:
     try:
         payload = await _json_body(request)
         worker_id = _field(payload, "worker_id", str)
-        stats = payload.get("stats") or {}
-        reply = coordinator.heartbeat(worker_id, stats if isinstance(stats, dict) else {})
+        stats = parse_worker_stats(payload.get("stats"))
+        reply = coordinator.heartbeat(worker_id, stats)
     except ProtocolError as exc:
         return _refuse(exc)
     return web.json_response(reply)
@@ -83,10 +76,10 @@ async def handle_deregister(request: web.Request) -> web.Response:
     try:
         payload = await _json_body(request)
         worker_id = _field(payload, "worker_id", str)
-        stats = payload.get("stats") or {}
+        stats = parse_worker_stats(payload.get("stats"))
     except ProtocolError as exc:
         return _refuse(exc)
-    coordinator.deregister(worker_id, stats if isinstance(stats, dict) else {})
+    coordinator.deregister(worker_id, stats)
     await announce_membership(request.app, force=False)
     return web.json_response({"phase": coordinator.phase})
 

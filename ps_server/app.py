@@ -19,10 +19,12 @@ from pscluster.client import (
     FramePayload,
     make_session,
     post_json,
+    read_body,
     read_frame_body,
 )
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
+from pscluster.jsonbody import parse_json_object
 from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
 from pscluster.service import add_auth, add_observability, background
@@ -49,6 +51,9 @@ URL = web.AppKey("shard_url", str)
 
 # Longest a pull may long-poll; clients ask for less.
 MAX_WAIT_S = 60.0
+
+# A membership body maps worker ids to ranks: a megabyte holds tens of thousands of them.
+MEMBERSHIP_BODY_BYTES = 1 << 20
 
 
 def initial_params(registration: Registration, index: int) -> dict[str, np.ndarray]:
@@ -199,8 +204,10 @@ async def handle_membership(request: web.Request) -> web.Response:
     """The coordinator says which workers are live (id -> rank)."""
     try:
         state = _state(request)
-        payload = await request.json()
-        members = payload.get("workers") if isinstance(payload, dict) else None
+        payload = parse_json_object(
+            await read_body(request.content, request.content_length, MEMBERSHIP_BODY_BYTES)
+        )
+        members = payload.get("workers")
         if not isinstance(members, dict) or not all(
             isinstance(k, str) and isinstance(v, int) for k, v in members.items()
         ):
@@ -209,8 +216,6 @@ async def handle_membership(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": exc.code.value, "message": exc.message}, status=exc.status
         )
-    except ValueError:
-        return web.json_response({"error": ErrorCode.BAD_MESSAGE.value}, status=400)
     await state.set_members(members)
     return web.json_response({"version": state.version, "required": state.required})
 

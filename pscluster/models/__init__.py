@@ -9,7 +9,15 @@ from pscluster.models.base import Array, Model
 from pscluster.models.mlp import MLP
 from pscluster.models.softmax import SoftmaxRegression
 
-__all__ = ["BUILTIN_MODELS", "MLP", "Array", "Model", "SoftmaxRegression", "build_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "MLP",
+    "Array",
+    "Model",
+    "SoftmaxRegression",
+    "build_model",
+    "resolve_model",
+]
 
 
 def _softmax(n_features: int, n_classes: int, hidden: Sequence[int]) -> Model:
@@ -42,23 +50,29 @@ def _load_user_factory(spec: str) -> Callable[..., object]:
     return factory
 
 
+def resolve_model(spec: str) -> Callable[..., object]:
+    """The factory that ``spec`` names, or a ``ValueError`` that says what is wrong with it.
+
+    Cheap (no model is built), so a job's model name is checked before any service starts.
+    """
+    builtin = BUILTIN_MODELS.get(spec)
+    if builtin is not None:
+        return builtin
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown model {spec!r}; built-in models are {', '.join(BUILTIN_MODELS)}, "
+            "or give a user model as 'package.module:Name'"
+        )
+    return _load_user_factory(spec)
+
+
 def build_model(spec: str, n_features: int, n_classes: int, hidden: Sequence[int]) -> Model:
     """The model named by ``spec``: "softmax", "mlp", or a user model "package.module:Name".
 
     A user ``Name`` is a class or factory called as ``Name(n_features=..., n_classes=...,
     hidden=...)`` whose result implements ``pscluster.models.Model``.
     """
-    builtin = BUILTIN_MODELS.get(spec)
-    if builtin is not None:
-        return builtin(n_features, n_classes, hidden)
-    if ":" not in spec:
-        raise ValueError(
-            f"unknown model {spec!r}; built-in models are {', '.join(BUILTIN_MODELS)}, "
-            "or give a user model as 'package.module:Name'"
-        )
-    model = _load_user_factory(spec)(
-        n_features=n_features, n_classes=n_classes, hidden=tuple(hidden)
-    )
+    model = resolve_model(spec)(n_features=n_features, n_classes=n_classes, hidden=tuple(hidden))
     # A structural check only (methods exist), but it turns a typo'd class into an error at
     # start-up instead of an AttributeError in the middle of training.
     if not isinstance(model, Model):

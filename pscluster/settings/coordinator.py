@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from pscluster.datasets import DATASETS
+from pscluster.models import resolve_model
 from pscluster.settings.job import JobConfig
 from pscluster.settings.service import ENV_PREFIX, ServiceSettings
 
@@ -28,6 +30,22 @@ class CoordinatorSettings(ServiceSettings, JobConfig):
     poll_interval_s: float = Field(
         0.2, gt=0, description="How often the coordinator checks shards and leases."
     )
+
+    # The coordinator (and ``pscluster up``, which loads these settings before it starts anything)
+    # resolves the names at start-up: a typo exits 2 with its message, not a traceback in a log
+    # after the services started. Shards and workers take the job from the coordinator.
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        resolve_model(value)
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; expected one of {', '.join(DATASETS)}")
+        return value
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:

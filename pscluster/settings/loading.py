@@ -29,7 +29,9 @@ def settings_error_exit(exc: ValidationError, cls: type[BaseSettings]) -> NoRetu
         value = error.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"  {variable}: {message}{shown}")
-    print("\n".join(lines), file=sys.stderr)
+    # One bad variable, one line: what a log collector under compose or Kubernetes shows whole.
+    text = f"{lines[0]} {lines[1].strip()}" if len(lines) == 2 else "\n".join(lines)
+    print(text, file=sys.stderr)
     raise SystemExit(2)
 
 
