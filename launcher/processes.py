@@ -7,15 +7,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pscluster.settings import ENV_PREFIX
 from pscluster.settings.timeouts import READY_POLL_S, SERVICE_READY_TIMEOUT_S, STOP_GRACE_S
 
-# A dead coordinator or shard is restarted on its port, as compose's restart policy would; a
-# worker is not: spare replicas cover for it.
-MAX_RESTARTS = 5
+# A dead service (coordinator, shard or worker) is restarted on its port, as compose's
+# ``restart: on-failure`` would. Restarts are limited by rate, not by a lifetime count: a service
+# that died RESTART_BURST times within RESTART_WINDOW_S is crash-looping (a bad setting, a full
+# disk: such a service dies within a second of each start) and ends the job; one killed now and
+# then, however often over a long job, even every 2 s, comes back.
+RESTART_BURST = 10
+RESTART_WINDOW_S = 15.0
+
+
+def may_restart(
+    restart_times: Sequence[float],
+    now: float,
+    *,
+    burst: int = RESTART_BURST,
+    window_s: float = RESTART_WINDOW_S,
+) -> bool:
+    """Whether a service that died at ``now`` may start again, given its earlier restarts."""
+    return sum(1 for t in restart_times if now - t < window_s) < burst
 
 
 @dataclass
@@ -27,7 +43,11 @@ class Service:
     ready_file: Path
     log_path: Path
     url: str = ""
-    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)  # time.monotonic() of each
+
+    @property
+    def restarts(self) -> int:
+        return len(self.restart_times)
 
 
 @dataclass
@@ -75,13 +95,22 @@ class Cluster:
             )
 
     def restart(self, service: Service) -> None:
-        """Start a dead service again on the same port: the others know it by its URL."""
+        """Start a dead service again on the same port: the others know it by its URL. One that
+        dies again while starting is started again, as a supervisor would, within the rate."""
         service.env[f"{ENV_PREFIX}PORT"] = service.url.rsplit(":", 1)[1]
-        service.process = self._spawn(
-            service.module, service.env, service.ready_file, service.log_path
-        )
-        service.restarts += 1
-        self.wait_ready(service)
+        while True:
+            service.process = self._spawn(
+                service.module, service.env, service.ready_file, service.log_path
+            )
+            service.restart_times.append(time.monotonic())
+            try:
+                self.wait_ready(service)
+                return
+            except LaunchError:
+                code = service.process.poll()
+                if code is None or not may_restart(service.restart_times, time.monotonic()):
+                    raise
+                print(f"{service.name} died while starting (exit {code}); restarting")
 
     def fault_marker(self, name: str) -> Path:
         return self.run_dir / f"fault-{name}"

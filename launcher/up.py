@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher.processes import MAX_RESTARTS, Cluster, LaunchError
+from launcher.processes import RESTART_BURST, RESTART_WINDOW_S, Cluster, LaunchError, may_restart
 from launcher.report import get_status, print_summary, progress_line, summarize
 from pscluster.settings import (
     ENV_PREFIX,
@@ -193,21 +193,23 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
     deadline = time.monotonic() + args.timeout
     last_printed = 0.0
     while time.monotonic() < deadline:
-        for service in [cluster.coordinator, *cluster.shards]:
+        for service in [cluster.coordinator, *cluster.shards, *cluster.workers]:
             assert service is not None
-            if service.process.poll() is not None:
-                if service.process.returncode == 0:
-                    # A clean exit means someone stopped it on purpose: do not fight them.
-                    raise LaunchError(f"{service.name} stopped; see {service.log_path}")
-                if service.restarts >= MAX_RESTARTS:
-                    raise LaunchError(
-                        f"{service.name} keeps dying (exit {service.process.returncode}); "
-                        f"see {service.log_path}"
-                    )
-                print(f"{service.name} died (exit {service.process.returncode}); restarting")
-                cluster.restart(service)
-        if all(w.process.poll() not in (None, 0) for w in cluster.workers):
-            raise LaunchError(f"every worker failed; see {cluster.run_dir / 'logs'}")
+            returncode = service.process.poll()
+            if returncode is None:
+                continue
+            if returncode == 0:
+                if service in cluster.workers:
+                    continue  # a worker that is done
+                # A clean exit means someone stopped it on purpose: do not fight them.
+                raise LaunchError(f"{service.name} stopped; see {service.log_path}")
+            if not may_restart(service.restart_times, time.monotonic()):
+                raise LaunchError(
+                    f"{service.name} keeps dying (exit {returncode}, {RESTART_BURST} times "
+                    f"within {RESTART_WINDOW_S:.0f} s); see {service.log_path}"
+                )
+            print(f"{service.name} died (exit {returncode}); restarting")
+            cluster.restart(service)
         try:
             status = get_status(url)
         except (urllib.error.URLError, TimeoutError, ConnectionError):

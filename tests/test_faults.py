@@ -40,14 +40,13 @@ def test_run_survives_sigkill(tmp_path, victim: str) -> None:
         assert fired == int(step)  # the fault fired, at that very step
     assert run["steps"] == 150
     assert run["accuracy"] >= TARGET_ACCURACY
+    # Each victim is restarted once, as compose's restart policy would (workers too).
+    assert run["restarts"] == {name: 1}
     if name.startswith("worker"):
-        assert run["restarts"] == {}
         # N = 3 live workers remain: no step ever waits for the dead one's lease to expire.
         assert run["max_gather_seconds"] < 3 / 2
         survivors = [w for w in run["workers"] if w["worker_id"] != name]
         assert all(w["steps"] > 100 for w in survivors)
-    else:
-        assert run["restarts"] == {name: 1}
     if name == "ps0":
         restored = run["shard_restored_from"][0]
         # It came back from its last checkpoint: at most one checkpoint interval lost.

@@ -180,3 +180,15 @@ def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
         launcher.stdout.close()
+
+
+def test_restarts_are_limited_by_rate_not_by_count() -> None:
+    from launcher.processes import RESTART_BURST, RESTART_WINDOW_S, may_restart
+
+    assert may_restart([], 0.0)
+    burst = [float(i) for i in range(RESTART_BURST)]
+    assert not may_restart(burst, RESTART_BURST + 0.5)  # a crash loop ends the job
+    # The same number of restarts spread over a long job never does, nor do many more.
+    spread = [i * RESTART_WINDOW_S for i in range(100)]
+    assert may_restart(spread, spread[-1] + 1.0)
+    assert may_restart(burst, burst[-1] + RESTART_WINDOW_S + 0.1)
