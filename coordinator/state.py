@@ -18,6 +18,7 @@ from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
 from pscluster.protocol import ErrorCode, ProtocolError
 from pscluster.settings import CoordinatorSettings, Mode
+from pscluster.settings.job import divergence_warnings
 from pscluster.sharding import compute_shard_map
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
         self.job = settings.job()
+        for warning in divergence_warnings(self.job):
+            log.warning("%s", warning)
         self.dataset: Dataset = load_dataset(
             self.job.dataset,
             self.job.seed,

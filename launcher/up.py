@@ -32,6 +32,7 @@ from pscluster.settings import (
     ServiceSettings,
     load_settings,
 )
+from pscluster.settings.job import divergence_warnings
 from pscluster.settings.timeouts import STATUS_POLL_S, STATUS_RETRY_S, WORKERS_LEAVE_S
 from pscluster.startup import add_settings_flags
 
@@ -112,6 +113,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     # Exits 2 on bad flags, before anything starts.
     settings = load_settings(CoordinatorSettings, {**overrides, "token": token})
+    for warning in divergence_warnings(settings.job()):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.run_dir is not None and args.run_dir.exists() and any(args.run_dir.iterdir()):
         # Its checkpoints would resume an older run under a new coordinator.
         raise LaunchError(f"--run-dir {args.run_dir} is not empty; give a new or empty folder")

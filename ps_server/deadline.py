@@ -68,19 +68,3 @@ def step_may_close(
     if deadline_s is None or elapsed_s < deadline_s:
         return False
     return contributions >= min(min_gradients, required)
-
-
-def parse_deadline(text: str) -> float | str | None:
-    """'none' -> None, 'auto' -> 'auto', 'S' -> S seconds (> 0); else ValueError."""
-    value = text.strip().lower()
-    if value == "none":
-        return None
-    if value == "auto":
-        return "auto"
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{text!r} is not none, auto or a number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{text!r}: a fixed deadline must be a positive number of seconds")
-    return seconds

@@ -114,7 +114,9 @@ def test_every_variable_is_a_setting_and_they_validate(
     assert coordinator.mode is Mode(example["PSC_MODE"])
     assert coordinator.workers == int(example["PSC_WORKERS"])
     assert coordinator.spares == int(example["PSC_SPARES"])
-    assert coordinator.steps == int(example["PSC_STEPS"])
+    # PSC_STEPS= and PSC_MOMENTUM= (empty): the defaults of the mode, as in `pscluster up`
+    assert example["PSC_STEPS"] == example["PSC_MOMENTUM"] == ""
+    assert (coordinator.steps, coordinator.momentum) == (300, 0.9)
     assert coordinator.max_staleness is None  # PSC_MAX_STALENESS= (empty): the default
     # One shard service per shard the job has, each its own index, advertised by its name.
     assert coordinator.shards == 2

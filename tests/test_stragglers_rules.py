@@ -16,10 +16,10 @@ from ps_server.deadline import (
     MARGIN_S,
     auto_deadline,
     default_min_gradients,
-    parse_deadline,
     step_may_close,
 )
 from ps_server.ssp import clock_gap, joining_clock, may_start_step
+from pscluster.settings.job import parse_deadline
 
 # --- deadline --------------------------------------------------------------------------------
 

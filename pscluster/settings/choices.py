@@ -9,6 +9,11 @@ class Mode(StrEnum):
     SYNC = "sync"
     ASYNC = "async"
 
+    @property
+    def applies_on_arrival(self) -> bool:
+        """async applies each gradient as it arrives; sync averages N per step."""
+        return self is not Mode.SYNC
+
 
 class OptimizerName(StrEnum):
     SGD = "sgd"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Self
+import math
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pscluster.settings.choices import DataMode, Mode, OptimizerName, StalenessPolicy, WireDtype
+
+# Defaults that depend on the mode (see JobConfig._per_mode); measured in docs/stragglers.md.
+SYNC_STEPS = 300
+SYNC_MOMENTUM = 0.9
+ASYNC_MOMENTUM = 0.5
 
 
 class JobConfig(BaseModel):
@@ -20,7 +26,12 @@ class JobConfig(BaseModel):
         0, ge=0, le=4096, description="Spare replicas (k): N + k workers run, the fastest N count."
     )
     mode: Mode = Field(Mode.SYNC, description="Update mode: sync or async.")
-    steps: int = Field(300, ge=1, description="Parameter updates (shard versions) to train for.")
+    steps: int = Field(
+        None,  # type: ignore[assignment]  # resolved per mode before validation: see _per_mode
+        ge=1,
+        description="Parameter updates (shard versions) to train for (unset: 300 in sync mode, "
+        "300 x PSC_WORKERS in async mode: the same number of gradients).",
+    )
     model: str = Field("mlp", description="softmax, mlp, or a user model as 'package.module:Name'.")
     hidden: str = Field("64", description="Hidden layer widths for mlp, comma separated (1 or 2).")
     dataset: str = Field("digits", description="digits or synthetic.")
@@ -31,7 +42,13 @@ class JobConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="Mini-batch size per worker step.")
     optimizer: OptimizerName = Field(OptimizerName.MOMENTUM, description="sgd, momentum or adam.")
     lr: float = Field(0.1, gt=0, description="Learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum coefficient (momentum).")
+    momentum: float = Field(
+        None,  # type: ignore[assignment]  # resolved per mode before validation: see _per_mode
+        ge=0,
+        lt=1,
+        description="Momentum coefficient (unset: 0.9 in sync mode, ASYNC_MOMENTUM = 0.5 in "
+        "async mode, where staleness adds momentum of its own).",
+    )
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay.")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay.")
     seed: int = Field(0, ge=0, description="Seed for parameters, data split and batches.")
@@ -47,6 +64,16 @@ class JobConfig(BaseModel):
     warmup_steps: int = Field(
         0, ge=0, description="async: updates during which only rank 0 trains (Dean et al. 2012)."
     )
+    deadline: str = Field(
+        "none",
+        description="sync: none, auto (adapted to recent arrival times) or S seconds after a "
+        "step's first gradient; then the step closes with PSC_MIN_GRADIENTS.",
+    )
+    min_gradients: int | None = Field(
+        None,
+        ge=1,
+        description="sync: gradients a step needs to close at its deadline (unset: ceil(N/2)).",
+    )
     push_wait_s: float = Field(
         30.0, gt=0, description="sync: longest a shard holds a push reply waiting for the step."
     )
@@ -59,10 +86,43 @@ class JobConfig(BaseModel):
         "the bytes; shards still sum and update in float32).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_mode(cls, data: Any) -> Any:
+        """Fill in the defaults that depend on the mode (and on N): async applies one
+        gradient per step, so it runs N times the steps, and its staleness acts as momentum
+        (Mitliagkas et al. 2016), so it defaults to less of it."""
+        if not isinstance(data, dict):
+            return data
+        mode, workers = data.get("mode", Mode.SYNC), data.get("workers", 4)
+        try:
+            arrival = Mode(mode).applies_on_arrival
+            workers = int(workers)
+        except ValueError:
+            return data  # the fields' own validation reports it
+        data = dict(data)
+        if data.get("steps") is None:
+            data["steps"] = SYNC_STEPS * workers if arrival else SYNC_STEPS
+        if data.get("momentum") is None:
+            data["momentum"] = ASYNC_MOMENTUM if arrival else SYNC_MOMENTUM
+        return data
+
     @model_validator(mode="after")
     def _check_job(self) -> Self:
-        if self.mode is Mode.ASYNC and self.spares:
+        if self.mode.applies_on_arrival and self.spares:
             raise ValueError("PSC_SPARES: spare replicas only apply to sync mode; set it to 0")
+        try:
+            parse_deadline(self.deadline)
+        except ValueError as exc:
+            raise ValueError(f"PSC_DEADLINE: {exc}") from None
+        if self.mode.applies_on_arrival:
+            sync_only = {
+                "PSC_DEADLINE": parse_deadline(self.deadline) is not None,
+                "PSC_MIN_GRADIENTS": self.min_gradients is not None,
+            }
+            for variable, is_set in sync_only.items():
+                if is_set:
+                    raise ValueError(f"{variable}: applies to sync mode only (PSC_MODE=sync)")
         if self.mode is Mode.SYNC:
             # Stale-gradient control means nothing where every gradient is fresh; refusing it
             # beats a user believing a setting is in force.
@@ -75,7 +135,7 @@ class JobConfig(BaseModel):
             for variable, is_set in async_only.items():
                 if is_set:
                     raise ValueError(f"{variable}: applies to async mode only (PSC_MODE=async)")
-        if self.mode is Mode.ASYNC and self.warmup_steps >= self.steps:
+        if self.mode.applies_on_arrival and self.warmup_steps >= self.steps:
             raise ValueError(
                 f"PSC_WARMUP_STEPS: {self.warmup_steps} warmup updates leave none of the "
                 f"{self.steps} PSC_STEPS to the other replicas; make it smaller than PSC_STEPS"
@@ -88,9 +148,54 @@ class JobConfig(BaseModel):
         return parse_hidden(self.hidden)
 
     @property
+    def deadline_value(self) -> float | str | None:
+        """None (no deadline), "auto", or a fixed number of seconds."""
+        return parse_deadline(self.deadline)
+
+    @property
+    def min_gradients_value(self) -> int:
+        """Gradients a sync step needs to close at its deadline: ceil(N / 2) unless set."""
+        if self.min_gradients is not None:
+            return self.min_gradients
+        return max(1, math.ceil(self.workers / 2))
+
+    @property
     def world(self) -> int:
         """Worker replicas that run: N + k."""
         return self.workers + self.spares
+
+
+def parse_deadline(text: str) -> float | str | None:
+    """'none' -> None, 'auto' -> 'auto', 'S' -> S seconds (> 0); else ValueError."""
+    value = text.strip().lower()
+    if value == "none":
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not none, auto or a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{text!r}: a fixed deadline must be a positive number of seconds")
+    return seconds
+
+
+def divergence_warnings(job: JobConfig) -> list[str]:
+    """Settings measured to diverge: they may run, but the coordinator logs these."""
+    warnings = []
+    if (
+        job.mode.applies_on_arrival
+        and job.optimizer is OptimizerName.MOMENTUM
+        and job.momentum >= 0.9
+        and job.lr >= 0.1
+    ):
+        warnings.append(
+            f"PSC_MOMENTUM={job.momentum} with PSC_LR={job.lr} in {job.mode.value} mode diverged "
+            f"with 4 workers (held-out accuracy 0.13-0.23); the {job.mode.value} default is "
+            f"PSC_MOMENTUM={ASYNC_MOMENTUM}"
+        )
+    return warnings
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
