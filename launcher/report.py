@@ -52,9 +52,25 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
         "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
         "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
         "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
+        **deadline_summary(status.get("shards", [])),
         "max_gather_seconds": max(
             (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
         ),
+    }
+
+
+def deadline_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """sync: the shards' latest deadlines, steps closed at theirs and gradients per step (each
+    shard decides alone; the mean over shards)."""
+
+    def mean(key: str) -> float | None:
+        values = [s[key] for s in shards if s.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "deadline_seconds": mean("deadline_seconds"),
+        "steps_closed_early": mean("steps_closed_early"),
+        "gradients_per_step": mean("gradients_per_step"),
     }
 
 
@@ -85,6 +101,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("fast workers' step time", _fmt(summary["fast_worker_step_seconds"])),
         ("slow workers' step time", _fmt(summary["slow_worker_step_seconds"])),
         ("gradients applied", str(grads.get("applied", 0))),
+        *(
+            (
+                ("deadline (latest step)", _fmt(summary["deadline_seconds"])),
+                ("steps closed early", f"{summary['steps_closed_early']:.0f}"),
+                ("gradients per step", f"{summary['gradients_per_step']:.2f}"),
+            )
+            if summary.get("deadline_seconds") is not None
+            else ()
+        ),
         *(
             (f"gradients dropped: {reason}", str(count))
             for reason, count in sorted(grads.get("dropped", {}).items())

@@ -45,6 +45,23 @@ class ShardMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        self.deadline_seconds = Gauge(
+            "ps_sync_deadline_seconds",
+            "sync: the deadline of the latest step, from its first gradient (NaN: none).",
+            registry=registry,
+        )
+        self.deadline_seconds.set(float("nan"))
+        self.steps_closed_early = Counter(
+            "ps_sync_steps_closed_early_total",
+            "sync: steps closed at their deadline with fewer than N gradients.",
+            registry=registry,
+        )
+        self.step_gradients = Histogram(
+            "ps_sync_step_gradients",
+            "sync: gradients averaged per step.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128),
+            registry=registry,
+        )
         self.bytes_received = Counter(
             "ps_received_bytes_total", "Request body bytes received.", registry=registry
         )

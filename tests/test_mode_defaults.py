@@ -20,7 +20,7 @@ def test_sync_defaults_are_unchanged() -> None:
 def test_async_defaults_scale_with_the_workers() -> None:
     job = JobConfig(mode="async", workers=8)
     assert job.steps == 8 * 300
-    assert job.momentum == ASYNC_MOMENTUM == 0.5
+    assert job.momentum == ASYNC_MOMENTUM == 0.7
     assert divergence_warnings(job) == []
 
 
@@ -34,7 +34,7 @@ def test_the_environment_gets_the_same_defaults(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PSC_WORKERS", "3")
     monkeypatch.setenv("PSC_MOMENTUM", "")  # compose passes unset variables as ""
     job = CoordinatorSettings(insecure=True).job()
-    assert (job.steps, job.momentum) == (900, 0.5)
+    assert (job.steps, job.momentum) == (900, 0.7)
     # what a shard and a worker receive is the resolved job, unchanged
     assert JobConfig.model_validate(job.model_dump(mode="json")) == job
 

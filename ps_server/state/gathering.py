@@ -1,19 +1,43 @@
 """Sync gathering: each accepted gradient of the step is added to the running sum; the one that
-completes the step (or a smaller membership that does) applies their mean as the next version."""
+completes the step (or a smaller membership that does, or its deadline) applies their mean as the
+next version.
+
+The deadline (``--deadline auto|S``, see ``ps_server.deadline``) runs from the step's first
+gradient. Each shard decides alone, as it does with spares: two shards may close the same step
+with different sets of workers, each still the mean of gradients of one version.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from ps_server.rules import sync_step_complete
+from ps_server.deadline import WINDOW, auto_deadline, step_may_close
 from ps_server.state.updates import Updates
 from pscluster.settings import Mode
 
+# Versions whose first arrival time is kept, so a late gradient's offset can be measured.
+FIRST_ARRIVALS_KEPT = 16
+
 
 class SyncGathering(Updates):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Offsets (seconds) of recent arrivals from their step's first, late ones included.
+        self._offsets: deque[float] = deque(maxlen=WINDOW)
+        self._first_arrivals: dict[int, float] = {}
+        self._step_deadline: float | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self.steps_closed_early = 0
+        self.gradients_summed = 0
+        self.steps_gathered = 0
+        self.last_deadline_s: float | None = None
+
     async def set_members(self, members: Mapping[str, int]) -> None:
         """The coordinator's membership; a smaller one may complete the step being gathered."""
         await self._locked(lambda: self._set_members(members))
@@ -23,14 +47,70 @@ class SyncGathering(Updates):
         self.metrics.live_workers.set(len(self.members))
         self.metrics.required.set(self.required)
         if self.job.mode is Mode.SYNC and self._contributors and not self.done:
-            if sync_step_complete(len(self._contributors), self.required):
+            if self._may_close(len(self._contributors)):
                 await self._apply_sync_step()
 
+    def deadline_summary(self) -> dict[str, Any]:
+        """The deadline of the latest step, the steps closed at theirs, gradients per step."""
+        steps = self.steps_gathered
+        return {
+            "deadline_seconds": self.last_deadline_s,
+            "steps_closed_early": self.steps_closed_early,
+            "gradients_per_step": self.gradients_summed / steps if steps else None,
+        }
+
+    def record_late(self, base_version: int) -> None:
+        """A late gradient's offset from its own step's first arrival: without these the
+        deadline would only ever see arrivals it let in, and shrink step after step."""
+        first = self._first_arrivals.get(base_version)
+        if first is not None:
+            self._offsets.append(time.perf_counter() - first)
+
+    def _may_close(self, contributions: int) -> bool:
+        return step_may_close(
+            contributions=contributions,
+            required=self.required,
+            min_gradients=self.job.min_gradients_value,
+            elapsed_s=time.perf_counter() - self._round_started,
+            deadline_s=self._step_deadline,
+        )
+
+    def _open_step(self, now: float) -> None:
+        """The step's first gradient: fix its deadline and arm the timer."""
+        self._round_started = now
+        self._first_arrivals[self.version] = now
+        while len(self._first_arrivals) > FIRST_ARRIVALS_KEPT:
+            del self._first_arrivals[min(self._first_arrivals)]
+        setting = self.job.deadline_value
+        deadline = auto_deadline(list(self._offsets)) if setting == "auto" else setting
+        assert deadline is None or isinstance(deadline, float)
+        self._step_deadline = deadline
+        if deadline is not None:
+            self.last_deadline_s = deadline
+            self.metrics.deadline_seconds.set(deadline)
+            version = self.version
+            self._deadline_timer = asyncio.get_running_loop().call_later(
+                deadline, lambda: self._deadline_passed(version)
+            )
+
+    def _deadline_passed(self, version: int) -> None:
+        async def close() -> None:
+            if self.version == version and self._contributors and not self.done:
+                if self._may_close(len(self._contributors)):
+                    await self._apply_sync_step()
+
+        task = asyncio.ensure_future(self._locked(close))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
     async def _gather(self, worker: str, grads: Mapping[str, np.ndarray]) -> None:
+        now = time.perf_counter()
         first = not self._contributors
         if first:
-            self._round_started = time.perf_counter()
-        if sync_step_complete(len(self._contributors) + 1, self.required):
+            self._open_step(now)
+        else:
+            self._offsets.append(now - self._round_started)
+        if self._may_close(len(self._contributors) + 1):
             # The last gradient is folded into the update's own pass.
             self._contributors.add(worker)
             await self._apply_sync_step(grads, first=first)
@@ -47,7 +127,17 @@ class SyncGathering(Updates):
     async def _apply_sync_step(
         self, last: Mapping[str, np.ndarray] | None = None, *, first: bool = False
     ) -> None:
-        scale = 1.0 / len(self._contributors)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        gradients = len(self._contributors)
+        if gradients < self.required:
+            self.steps_closed_early += 1
+            self.metrics.steps_closed_early.inc()
+        self.gradients_summed += gradients
+        self.steps_gathered += 1
+        self.metrics.step_gradients.observe(gradients)
+        scale = 1.0 / gradients
         snapshot = await self._update(scale, last, first=first)
         gathered = time.perf_counter() - self._round_started
         self.metrics.gather_seconds.observe(gathered)

@@ -4,6 +4,7 @@ judged by the rules, then gathered (sync) or applied at once (async)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from pscluster.settings import Mode
 
 
 class ShardState(SyncGathering, Reads, Checkpoints, Validation):
+    def snapshot(self) -> dict[str, Any]:
+        """``/state``: the shard's counters, and the deadline's (sync)."""
+        return {**super().snapshot(), **self.deadline_summary()}
+
     async def push(
         self, *, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
     ) -> Verdict:
@@ -35,6 +40,8 @@ class ShardState(SyncGathering, Reads, Checkpoints, Validation):
             verdict = self._judge(worker, rank, base_version)
         if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
             self.metrics.staleness.observe(max(0, self.version - base_version))
+        if verdict.code is ErrorCode.LATE and self.job.mode is Mode.SYNC:
+            self.record_late(base_version)
         if not verdict.accepted:
             assert verdict.code is not None
             self.metrics.count_dropped(verdict.code)

@@ -12,7 +12,7 @@ from pscluster.settings.choices import DataMode, Mode, OptimizerName, StalenessP
 # Defaults that depend on the mode (see JobConfig._per_mode); measured in docs/stragglers.md.
 SYNC_STEPS = 300
 SYNC_MOMENTUM = 0.9
-ASYNC_MOMENTUM = 0.5
+ASYNC_MOMENTUM = 0.7
 
 
 class JobConfig(BaseModel):
@@ -46,7 +46,7 @@ class JobConfig(BaseModel):
         None,  # type: ignore[assignment]  # resolved per mode before validation: see _per_mode
         ge=0,
         lt=1,
-        description="Momentum coefficient (unset: 0.9 in sync mode, ASYNC_MOMENTUM = 0.5 in "
+        description="Momentum coefficient (unset: 0.9 in sync mode, 0.7 in "
         "async mode, where staleness adds momentum of its own).",
     )
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay.")

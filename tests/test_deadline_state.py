@@ -1,0 +1,116 @@
+"""The sync deadline on a shard's state: a step closes at its deadline once enough gradients are
+in, a gradient after it is late, and ``auto`` learns the deadline from recent arrivals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ps_server.deadline import MARGIN_S
+from ps_server.metrics import ShardMetrics
+from ps_server.state import ShardState
+from pscluster.protocol import ErrorCode
+from pscluster.settings import JobConfig
+
+
+def make_state(**job: object) -> ShardState:
+    config = JobConfig(**{"optimizer": "sgd", "lr": 0.5, "steps": 100, "workers": 4, **job})
+    params = {"w": np.zeros(3, np.float32)}
+    return ShardState(config, 0, params, ShardMetrics(CollectorRegistry()))
+
+
+def grad(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, value, np.float32)}
+
+
+async def push(state: ShardState, worker: str, value: float, base: int = 0) -> ErrorCode | None:
+    rank = int(worker[1:])
+    verdict = await state.push(worker=worker, rank=rank, base_version=base, grads=grad(value))
+    return verdict.code
+
+
+async def test_step_closes_at_a_fixed_deadline_with_the_gradients_in() -> None:
+    state = make_state(deadline="0.05")
+    started = time.perf_counter()
+    assert await push(state, "w0", 1.0) is None
+    assert await push(state, "w1", 3.0) is None
+    assert state.version == 0
+    await state.wait_for_version(0, timeout_s=5.0)
+    waited = time.perf_counter() - started
+    assert state.version == 1
+    assert waited >= 0.05
+    np.testing.assert_allclose(state.params["w"], -0.5 * 2.0)  # lr * mean(1, 3)
+    assert await push(state, "w2", 100.0) is ErrorCode.LATE  # after the deadline: dropped
+    np.testing.assert_allclose(state.params["w"], -1.0)
+    summary = state.snapshot()
+    assert summary["deadline_seconds"] == 0.05
+    assert summary["steps_closed_early"] == 1
+    assert summary["gradients_per_step"] == 2.0
+    assert state.metrics.tally_dropped["late"] == 1
+    assert len(state._offsets) == 2  # w1 on time, w2 late: both measured
+
+
+async def test_past_the_deadline_a_step_waits_for_min_gradients() -> None:
+    state = make_state(deadline="0.02", min_gradients=2)
+    assert await push(state, "w0", 1.0) is None
+    # A bounded wait that shows the step does NOT close with one gradient of two needed.
+    await state.wait_for_version(0, timeout_s=0.1)
+    assert state.version == 0
+    assert await push(state, "w1", 1.0) is None  # the second closes it at once
+    assert state.version == 1
+    assert state.snapshot()["steps_closed_early"] == 1
+
+
+async def test_all_n_in_before_the_deadline_is_not_closed_early() -> None:
+    state = make_state(deadline="5")
+    for i in range(4):
+        assert await push(state, f"w{i}", 1.0) is None
+    assert state.version == 1
+    assert state.snapshot()["steps_closed_early"] == 0
+    assert state.snapshot()["gradients_per_step"] == 4.0
+
+
+async def test_no_deadline_waits_for_n() -> None:
+    state = make_state()
+    for i in range(3):
+        await push(state, f"w{i}", 1.0)
+    await state.wait_for_version(0, timeout_s=0.1)  # bounded: it does NOT close
+    assert state.version == 0
+    assert state.snapshot()["deadline_seconds"] is None
+
+
+async def test_auto_deadline_learns_from_recent_arrivals_and_cuts_the_straggler() -> None:
+    state = make_state(deadline="auto")
+    # Four steps in which all four arrive at once: 12 offsets of about 0 s.
+    for version in range(4):
+        for i in range(4):
+            assert await push(state, f"w{i}", 1.0, base=version) is None
+    assert state.version == 4 and state.snapshot()["steps_closed_early"] == 0
+    # Now w3 is a straggler: the step closes at the learned deadline with three gradients.
+    started = time.perf_counter()
+    for i in range(3):
+        assert await push(state, f"w{i}", 1.0, base=4) is None
+    await state.wait_for_version(4, timeout_s=5.0)
+    assert state.version == 5
+    deadline = state.snapshot()["deadline_seconds"]
+    assert deadline == pytest.approx(MARGIN_S, abs=0.002)
+    assert time.perf_counter() - started < 1.0
+    assert state.snapshot()["steps_closed_early"] == 1
+    assert await push(state, "w3", 1.0, base=4) is ErrorCode.LATE
+
+
+async def test_a_deadline_timer_of_an_old_step_does_not_close_the_next() -> None:
+    state = make_state(deadline="0.05", workers=2, min_gradients=1)
+    await push(state, "w0", 1.0)
+    await push(state, "w1", 1.0)  # closes step 0 before its deadline
+    assert state.version == 1
+    await asyncio.sleep(0)  # the old timer is cancelled, not fired
+    await push(state, "w0", 1.0, base=1)
+    await state.wait_for_version(1, timeout_s=0.03)  # bounded: not closed before 0.05 s
+    assert state.version == 1
+    await state.wait_for_version(1, timeout_s=5.0)
+    assert state.version == 2
