@@ -53,10 +53,18 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
         "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
         "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
         **deadline_summary(status.get("shards", [])),
+        # ssp: the largest clock gap any shard saw when a step started, the longest hold
+        "max_clock_gap": _max(status.get("shards", []), "max_clock_gap"),
+        "max_gate_wait_seconds": _max(status.get("shards", []), "max_gate_wait_seconds"),
         "max_gather_seconds": max(
             (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
         ),
     }
+
+
+def _max(shards: list[dict[str, Any]], key: str) -> Any:
+    values = [s[key] for s in shards if s.get(key) is not None]
+    return max(values) if values else None
 
 
 def deadline_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
@@ -108,6 +116,11 @@ def print_summary(summary: dict[str, Any]) -> None:
                 ("gradients per step", f"{summary['gradients_per_step']:.2f}"),
             )
             if summary.get("deadline_seconds") is not None
+            else ()
+        ),
+        *(
+            (("largest clock gap (ssp)", str(summary["max_clock_gap"])),)
+            if summary.get("max_clock_gap") is not None
             else ()
         ),
         *(

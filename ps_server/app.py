@@ -28,7 +28,7 @@ from pscluster.jsonbody import parse_json_object
 from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
 from pscluster.service import add_auth, add_observability, background
-from pscluster.settings import ShardSettings
+from pscluster.settings import Mode, ShardSettings
 from pscluster.sharding import slice_part
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,15 @@ async def handle_push(request: web.Request) -> web.Response:
     verdict = await state.push(worker=worker, rank=rank, base_version=base_version, grads=grads)
     want_params = bool(header.get("want_params", False))
     waited = 0.0
-    if verdict.accepted and want_params:
+    gate_open = True
+    started = time.perf_counter()
+    if state.counts_as_step(verdict):
+        # ssp: hold the reply until the worker may start its next step (or ask it to poll).
+        gate_open = await state.wait_for_start(worker, state.job.push_wait_s)
+    elif verdict.accepted and want_params:
         # sync: hold the reply until the step completes, so it carries the next version.
-        started = time.perf_counter()
         await state.wait_for_version(base_version, state.job.push_wait_s)
-        waited = time.perf_counter() - started
+    waited = time.perf_counter() - started
     # Parameters ride along with every reply but a duplicate's (that worker's gradient is in
     # the step; it long-polls for the result). A future_version reply means the shard restarted
     # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
@@ -147,7 +151,7 @@ async def handle_push(request: web.Request) -> web.Response:
     state.metrics.bytes_sent.inc(body.size)
     status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
-    headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}"}
+    headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}", "PS-Gate": _gate(gate_open)}
     return web.Response(body=body, status=status, headers=headers)
 
 
@@ -186,11 +190,21 @@ async def handle_params(request: web.Request) -> web.Response:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "query 'wait' is not a number") from None
     except ProtocolError as exc:
         return refusal(state, exc)
-    if wait_s > 0:
+    gate_open = True
+    worker = request.query.get("worker")
+    if worker and state.job.mode is Mode.SSP:
+        # ssp: a worker whose push reply found the gate closed waits here for it to open.
+        gate_open = await state.wait_for_start(worker, wait_s)
+    elif wait_s > 0:
         await state.wait_for_version(after, wait_s)
     body = FramePayload(await state.encoded_params(), once=True)
     state.metrics.bytes_sent.inc(body.size)
-    return web.Response(body=body)
+    return web.Response(body=body, headers={"PS-Gate": _gate(gate_open)})
+
+
+def _gate(is_open: bool) -> str:
+    """ssp: whether the worker may start its next step ("open") or must ask again."""
+    return "open" if is_open else "closed"
 
 
 async def handle_state(request: web.Request) -> web.Response:

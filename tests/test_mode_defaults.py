@@ -17,8 +17,9 @@ def test_sync_defaults_are_unchanged() -> None:
     assert job.min_gradients_value == 2  # ceil(4 / 2)
 
 
-def test_async_defaults_scale_with_the_workers() -> None:
-    job = JobConfig(mode="async", workers=8)
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_async_and_ssp_defaults_scale_with_the_workers(mode: str) -> None:
+    job = JobConfig(mode=mode, workers=8)
     assert job.steps == 8 * 300
     assert job.momentum == ASYNC_MOMENTUM == 0.7
     assert divergence_warnings(job) == []
@@ -55,5 +56,11 @@ def test_deadline_settings() -> None:
         JobConfig(deadline="soon")
     with pytest.raises(ValidationError, match="PSC_DEADLINE: applies to sync"):
         JobConfig(mode="async", deadline="auto")
+    with pytest.raises(ValidationError, match="PSC_SPARES"):
+        JobConfig(mode="ssp", spares=1)
+    with pytest.raises(ValidationError, match="PSC_WARMUP_STEPS"):
+        JobConfig(mode="ssp", warmup_steps=10)
+    # stale-gradient control applies to ssp as to async
+    assert JobConfig(mode="ssp", max_staleness=4, staleness_policy="inverse").max_staleness == 4
     with pytest.raises(ValidationError, match="PSC_MIN_GRADIENTS: applies to sync"):
         JobConfig(mode="async", min_gradients=2)

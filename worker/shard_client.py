@@ -23,6 +23,7 @@ class ShardReply:
     # Views of the received body (no copy); its memory is reused only once they are all gone.
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     waited_s: float = 0.0  # how long the shard held the reply for the sync step
+    gate_open: bool = True  # ssp: False when the worker must wait before its next step
 
 
 class ShardClient:
@@ -39,9 +40,16 @@ class ShardClient:
         self.index = index
         self.attempts = attempts
 
-    async def pull(self, after: int = -1, wait_s: float = 0.0) -> ShardReply:
+    async def pull(
+        self, after: int = -1, wait_s: float = 0.0, *, gate_for: str | None = None
+    ) -> ShardReply:
+        """The shard's parameters, long-polling up to ``wait_s`` for a version after ``after``
+        (or, in ssp mode with ``gate_for``, for that worker's clock gate to open)."""
+
         async def call() -> ShardReply:
             params = {"after": str(after), "wait": f"{wait_s:.3f}"}
+            if gate_for is not None:
+                params["worker"] = gate_for
             async with self.session.get(f"{self.url}/params", params=params) as resp:
                 return await self._reply(resp, "ok")
 
@@ -104,4 +112,5 @@ class ShardClient:
             done=bool(frame.header.get("done", False)),
             arrays=frame.arrays,
             waited_s=float(resp.headers.get("PS-Waited", 0.0)),
+            gate_open=resp.headers.get("PS-Gate", "open") != "closed",
         )

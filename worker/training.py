@@ -44,6 +44,7 @@ EXPECTED = {
 }
 LONG_POLL_S = PULL_LONG_POLL_S
 WARMUP_POLLS = 6  # a minute of long-polls before a waiting worker checks in with a push
+GATE_POLLS = 60  # ssp: ten minutes of long-polls at a closed gate, then the step goes on
 
 
 class ShardRefused(RuntimeError):
@@ -184,6 +185,15 @@ class Trainer:
             elif reply.status == ErrorCode.UNKNOWN_WORKER.value:
                 # Not a member (yet): the heartbeat re-registers us; do not spin meanwhile.
                 await asyncio.sleep(UNKNOWN_WORKER_PAUSE_S)
+            for _ in range(GATE_POLLS):
+                if reply.gate_open or shard.done:
+                    break
+                # ssp: we are S steps ahead of the slowest live worker; wait for it (a dead one
+                # stops counting once its lease expires).
+                started_gate = time.perf_counter()
+                reply = await shard.client.pull(wait_s=LONG_POLL_S, gate_for=self.worker_id)
+                waited += time.perf_counter() - started_gate
+                self._absorb(index, reply)
 
         await asyncio.gather(
             *(exchange(i) for i, shard in enumerate(self.shards) if not shard.done)

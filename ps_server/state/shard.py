@@ -10,17 +10,40 @@ import numpy as np
 
 from ps_server.rules import Verdict, judge_async_push, judge_sync_push
 from ps_server.state.checkpoints import Checkpoints
+from ps_server.state.clocks import SspClocks
 from ps_server.state.gathering import SyncGathering
 from ps_server.state.reads import Reads
 from ps_server.state.validation import Validation
 from pscluster.protocol import ErrorCode
 from pscluster.settings import Mode
 
+# Verdicts that say a worker did not finish a step: its clock stays (ssp).
+NOT_A_STEP = (
+    ErrorCode.DUPLICATE,
+    ErrorCode.UNKNOWN_WORKER,
+    ErrorCode.DONE,
+    ErrorCode.FUTURE_VERSION,
+)
 
-class ShardState(SyncGathering, Reads, Checkpoints, Validation):
+
+class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
     def snapshot(self) -> dict[str, Any]:
-        """``/state``: the shard's counters, and the deadline's (sync)."""
-        return {**super().snapshot(), **self.deadline_summary()}
+        """``/state``: the shard's counters, the deadline's (sync) and the clocks' (ssp)."""
+        extra = self.clock_summary() if self.job.mode is Mode.SSP else self.deadline_summary()
+        return {**super().snapshot(), **extra}
+
+    async def _set_members(self, members: Mapping[str, int]) -> None:
+        if self.job.mode is Mode.SSP:
+            self.update_clock_members(members)
+        await super()._set_members(members)
+
+    def release_waiters(self) -> None:
+        super().release_waiters()
+        self.release_clock_waiters()
+
+    def counts_as_step(self, verdict: Verdict) -> bool:
+        """ssp: whether this push moved the worker's clock (so its reply waits at the gate)."""
+        return self.job.mode is Mode.SSP and verdict.code not in NOT_A_STEP
 
     async def push(
         self, *, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
@@ -40,6 +63,8 @@ class ShardState(SyncGathering, Reads, Checkpoints, Validation):
             verdict = self._judge(worker, rank, base_version)
         if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
             self.metrics.staleness.observe(max(0, self.version - base_version))
+        if self.counts_as_step(verdict):
+            self.tick(worker)
         if verdict.code is ErrorCode.LATE and self.job.mode is Mode.SYNC:
             self.record_late(base_version)
         if not verdict.accepted:

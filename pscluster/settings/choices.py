@@ -8,10 +8,11 @@ from enum import StrEnum
 class Mode(StrEnum):
     SYNC = "sync"
     ASYNC = "async"
+    SSP = "ssp"  # bounded staleness: applied as in async, no worker more than S steps ahead
 
     @property
     def applies_on_arrival(self) -> bool:
-        """async applies each gradient as it arrives; sync averages N per step."""
+        """async and ssp apply each gradient as it arrives; sync averages N per step."""
         return self is not Mode.SYNC
 
 

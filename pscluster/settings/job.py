@@ -25,12 +25,14 @@ class JobConfig(BaseModel):
     spares: int = Field(
         0, ge=0, le=4096, description="Spare replicas (k): N + k workers run, the fastest N count."
     )
-    mode: Mode = Field(Mode.SYNC, description="Update mode: sync or async.")
+    mode: Mode = Field(
+        Mode.SYNC, description="Update mode: sync, async or ssp (bounded staleness)."
+    )
     steps: int = Field(
         None,  # type: ignore[assignment]  # resolved per mode before validation: see _per_mode
         ge=1,
         description="Parameter updates (shard versions) to train for (unset: 300 in sync mode, "
-        "300 x PSC_WORKERS in async mode: the same number of gradients).",
+        "300 x PSC_WORKERS in async and ssp: the same number of gradients).",
     )
     model: str = Field("mlp", description="softmax, mlp, or a user model as 'package.module:Name'.")
     hidden: str = Field("64", description="Hidden layer widths for mlp, comma separated (1 or 2).")
@@ -47,7 +49,7 @@ class JobConfig(BaseModel):
         ge=0,
         lt=1,
         description="Momentum coefficient (unset: 0.9 in sync mode, 0.7 in "
-        "async mode, where staleness adds momentum of its own).",
+        "async and ssp, where staleness adds momentum of its own).",
     )
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay.")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay.")
@@ -64,6 +66,12 @@ class JobConfig(BaseModel):
     warmup_steps: int = Field(
         0, ge=0, description="async: updates during which only rank 0 trains (Dean et al. 2012)."
     )
+    ssp_bound: int = Field(
+        2,
+        ge=0,
+        description="ssp: a worker starts step c only once every live worker has finished "
+        "step c - S - 1 (S counts worker steps).",
+    )
     deadline: str = Field(
         "none",
         description="sync: none, auto (adapted to recent arrival times) or S seconds after a "
@@ -75,7 +83,10 @@ class JobConfig(BaseModel):
         description="sync: gradients a step needs to close at its deadline (unset: ceil(N/2)).",
     )
     push_wait_s: float = Field(
-        30.0, gt=0, description="sync: longest a shard holds a push reply waiting for the step."
+        30.0,
+        gt=0,
+        description="sync: longest a shard holds a push reply waiting for the step (ssp: for "
+        "the slowest worker to catch up; then the worker asks again).",
     )
     checkpoint_every: int = Field(
         50, ge=0, description="Shards checkpoint every this many versions (0: only on stop)."
@@ -134,7 +145,13 @@ class JobConfig(BaseModel):
             }
             for variable, is_set in async_only.items():
                 if is_set:
-                    raise ValueError(f"{variable}: applies to async mode only (PSC_MODE=async)")
+                    raise ValueError(
+                        f"{variable}: applies to async and ssp modes only (PSC_MODE=async)"
+                    )
+        if self.mode is Mode.SSP and self.warmup_steps:
+            # Warmup holds every rank but one still: their clocks would stop and the bound
+            # would then hold the leader too.
+            raise ValueError("PSC_WARMUP_STEPS: applies to async mode, not ssp; set it to 0")
         if self.mode.applies_on_arrival and self.warmup_steps >= self.steps:
             raise ValueError(
                 f"PSC_WARMUP_STEPS: {self.warmup_steps} warmup updates leave none of the "

@@ -54,10 +54,11 @@ class WorkerSettings(ServiceSettings):
     def check_job(self, job: JobConfig) -> None:
         """Refuse a job this worker's timeouts contradict (call it once registered).
 
-        In sync mode a shard holds a push's reply up to ``push_wait_s`` for the step to complete;
+        In sync mode a shard holds a push's reply up to ``push_wait_s`` for the step to complete
+        (in ssp mode, for the slowest worker to catch up);
         a request timeout shorter than that turns every slow step into a timeout and a retry.
         """
-        if job.mode is Mode.SYNC and self.request_timeout_s <= job.push_wait_s:
+        if job.mode is not Mode.ASYNC and self.request_timeout_s <= job.push_wait_s:
             raise ValueError(
                 f"PSC_REQUEST_TIMEOUT_S: {self.request_timeout_s} s is not longer than the "
                 f"{job.push_wait_s} s a shard may hold a sync push (the job's PSC_PUSH_WAIT_S)"
