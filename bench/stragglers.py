@@ -1,4 +1,5 @@
-"""Stragglers: sync with 0, 1, 2 and 4 spares against async (plain, dropping, 1/staleness).
+"""Stragglers: sync with 0, 1, 2 and 4 spares and with an adaptive deadline, against async (plain,
+dropping, 1/staleness) and bounded staleness (ssp, S = 1, 2, 4).
 
 Every configuration trains the same model on the digits set with a real local cluster, one
 ``pscluster up`` subprocess each (coordinator, shards and workers as processes on loopback), under
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +49,7 @@ def configurations(args: argparse.Namespace) -> list[Config]:
     sync = ("--mode", "sync", "--steps", str(args.steps), "--lr", str(sync_lr(args)))
     async_steps = args.steps * args.workers
     asynchronous = ("--mode", "async", "--steps", str(async_steps), "--lr", str(args.lr))
+    ssp = ("--mode", "ssp", "--steps", str(async_steps), "--lr", str(args.lr))
     return [
         *(Config(f"sync, {k} spares", (*sync, "--spares", str(k))) for k in args.spares),
         Config("async", asynchronous),
@@ -55,6 +58,12 @@ def configurations(args: argparse.Namespace) -> list[Config]:
             (*asynchronous, "--max-staleness", str(args.max_staleness)),
         ),
         Config("async, lr / staleness", (*asynchronous, "--staleness-policy", "inverse")),
+        # No k to choose: N workers, the step closes at a deadline learnt from arrivals.
+        Config("sync, deadline auto", (*sync, "--spares", "0", "--deadline", "auto")),
+        *(
+            Config(f"ssp, S = {bound}", (*ssp, "--ssp-bound", str(bound)))
+            for bound in args.ssp_bounds
+        ),
     ]
 
 
@@ -133,6 +142,8 @@ COLUMNS = [
     Column("accuracy", "accuracy", "{:.3f}"),
     Column("dropped", "dropped", "{:.0f}"),
     Column("dropped_reasons", "why"),
+    Column("step_ms_spread", "ms/step range"),
+    Column("to_target_s_spread", "s to target range"),
 ]
 
 
@@ -201,21 +212,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="Per configuration.")
     parser.add_argument("--png", type=Path, help="Write the plot here.")
     parser.add_argument("--json", type=Path, help="Write the rows and histories here.")
+    parser.add_argument("--ssp-bounds", default="1,2,4", help="S of the ssp runs.")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Runs of each configuration (median and spread)."
+    )
+    parser.add_argument(
+        "--order-statistics",
+        action="store_true",
+        help="Instead: step time with N of N + k = 8 workers against Chen et al.'s prediction.",
+    )
     args = parser.parse_args(argv)
     args.spares = [int(k) for k in args.spares.split(",") if k.strip()]
+    args.ssp_bounds = [int(s) for s in args.ssp_bounds.split(",") if s.strip()]
     return args
+
+
+def merge_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of medians, with the spread (min-max) of the times over the repeats."""
+    row = dict(repeats[len(repeats) // 2])
+    for key in ("step_ms", "gradients_per_s", "to_target_s", "seconds", "loss", "accuracy"):
+        values = [r[key] for r in repeats if r[key] is not None]
+        row[key] = statistics.median(values) if values else None
+        if key in ("step_ms", "to_target_s") and len(values) > 1:
+            row[f"{key}_spread"] = f"{min(values):.4g}-{max(values):.4g}"
+    row["repeats"] = [{k: v for k, v in r.items() if k != "history"} for r in repeats]
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.order_statistics:
+        from bench.stragglers_theory import run_theory
+
+        return run_theory(args)
     started = time.perf_counter()
     rows = []
+    configs = configurations(args)
+    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="bench-stragglers-") as tmp:
-        for config in configurations(args):
-            t0 = time.perf_counter()
-            summary = run_config(config, args, Path(tmp))
-            rows.append(row_of(config, summary, args))
-            print(f"  {config.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        # Repeats interleaved (every configuration once, then again), so that a noisy minute on
+        # a shared machine hits every configuration alike.
+        for repeat in range(args.repeats):
+            for config in configs:
+                t0 = time.perf_counter()
+                summary = run_config(config, args, Path(tmp) / str(repeat))
+                results[config.name].append(row_of(config, summary, args))
+                print(f"  {config.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    rows = [merge_repeats(results[c.name]) for c in configs]
     print(
         f"pattern {args.pattern}, base delay {args.delay_s} s, N = {args.workers}, "
         f"{args.shards} shards, {args.optimizer}; sync: {args.steps} steps at lr "

@@ -124,6 +124,8 @@ def test_stragglers_bench(tmp_path: Path) -> None:
         "3",
         "--delay-s",
         "0.001",
+        "--ssp-bounds",
+        "1",
         tmp_path=tmp_path,
     )
     for title in ("ms/step", "s to target", "accuracy", "dropped"):
@@ -134,9 +136,11 @@ def test_stragglers_bench(tmp_path: Path) -> None:
         "async",
         "async, drop staleness > 4",
         "async, lr / staleness",
+        "sync, deadline auto",
+        "ssp, S = 1",
     ]
     for row in figures["rows"]:
         assert_numbers(row, ["step_ms", "gradients_per_s", "seconds", "loss", "accuracy"])
         assert row["history"], row["config"]  # the loss curve the plot draws
     # Sync runs 6 steps of N = 2 gradients; async N times as many single-gradient steps.
-    assert [row["steps"] for row in figures["rows"]] == [6, 12, 12, 12]
+    assert [row["steps"] for row in figures["rows"]] == [6, 12, 12, 12, 6, 12]
