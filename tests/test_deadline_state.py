@@ -3,7 +3,6 @@ in, a gradient after it is late, and ``auto`` learns the deadline from recent ar
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import numpy as np
@@ -97,20 +96,21 @@ async def test_auto_deadline_learns_from_recent_arrivals_and_cuts_the_straggler(
     await state.wait_for_version(4, timeout_s=5.0)
     assert state.version == 5
     deadline = state.snapshot()["deadline_seconds"]
-    assert deadline == pytest.approx(MARGIN_S, abs=0.002)
+    assert deadline == pytest.approx(MARGIN_S, abs=0.01)
     assert time.perf_counter() - started < 1.0
     assert state.snapshot()["steps_closed_early"] == 1
     assert await push(state, "w3", 1.0, base=4) is ErrorCode.LATE
 
 
-async def test_a_deadline_timer_of_an_old_step_does_not_close_the_next() -> None:
+async def test_a_step_closed_before_its_deadline_cancels_its_timer() -> None:
     state = make_state(deadline="0.05", workers=2, min_gradients=1)
     await push(state, "w0", 1.0)
+    timer = state._deadline_timer
+    assert timer is not None and not timer.cancelled()
     await push(state, "w1", 1.0)  # closes step 0 before its deadline
     assert state.version == 1
-    await asyncio.sleep(0)  # the old timer is cancelled, not fired
+    assert timer.cancelled()  # so it cannot close step 1 early
     await push(state, "w0", 1.0, base=1)
-    await state.wait_for_version(1, timeout_s=0.03)  # bounded: not closed before 0.05 s
-    assert state.version == 1
+    assert state._deadline_timer is not None and state._deadline_timer is not timer
     await state.wait_for_version(1, timeout_s=5.0)
     assert state.version == 2

@@ -49,5 +49,5 @@ def test_a_dead_worker_blocks_no_longer_than_its_lease(tmp_path: Path) -> None:
     assert summary["faults"]["worker1"] is not None  # the kill fired
     assert summary["steps"] == 300
     # Held at the gate for the lease, plus the coordinator's poll and its membership message.
-    assert summary["max_gate_wait_seconds"] <= 1.0 + 1.5
+    assert summary["max_gate_wait_seconds"] <= 1.0 + 2.5
     assert summary["max_clock_gap"] <= 1
