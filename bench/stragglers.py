@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -214,6 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="Write the rows and histories here.")
     parser.add_argument("--ssp-bounds", default="1,2,4", help="S of the ssp runs.")
     parser.add_argument(
+        "--only", help="Run only the configurations whose name matches this regular expression."
+    )
+    parser.add_argument(
         "--repeats", type=int, default=1, help="Runs of each configuration (median and spread)."
     )
     parser.add_argument(
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_theory(args)
     started = time.perf_counter()
     rows = []
-    configs = configurations(args)
+    configs = [c for c in configurations(args) if not args.only or re.search(args.only, c.name)]
     results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="bench-stragglers-") as tmp:
         # Repeats interleaved (every configuration once, then again), so that a noisy minute on

@@ -126,6 +126,9 @@ def test_stragglers_bench(tmp_path: Path) -> None:
         "0.001",
         "--ssp-bounds",
         "1",
+        # Four clusters, one per kind of row (the other async rows differ only in a flag).
+        "--only",
+        "^(sync, 1 spares|async|sync, deadline auto|ssp, S = 1)$",
         tmp_path=tmp_path,
     )
     for title in ("ms/step", "s to target", "accuracy", "dropped"):
@@ -134,8 +137,6 @@ def test_stragglers_bench(tmp_path: Path) -> None:
     assert configs == [
         "sync, 1 spares",
         "async",
-        "async, drop staleness > 4",
-        "async, lr / staleness",
         "sync, deadline auto",
         "ssp, S = 1",
     ]
@@ -143,4 +144,4 @@ def test_stragglers_bench(tmp_path: Path) -> None:
         assert_numbers(row, ["step_ms", "gradients_per_s", "seconds", "loss", "accuracy"])
         assert row["history"], row["config"]  # the loss curve the plot draws
     # Sync runs 6 steps of N = 2 gradients; async N times as many single-gradient steps.
-    assert [row["steps"] for row in figures["rows"]] == [6, 12, 12, 12, 6, 12]
+    assert [row["steps"] for row in figures["rows"]] == [6, 12, 6, 12]
