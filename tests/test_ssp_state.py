@@ -75,3 +75,11 @@ async def test_a_closed_gate_holds_until_the_timeout() -> None:
     await step(state, "w0")
     # A bounded wait that shows the gate does NOT open while w1 has not pushed.
     assert not await state.wait_for_start("w0", timeout_s=0.05)
+
+
+async def test_nobody_starts_a_second_step_before_the_membership_is_known() -> None:
+    state = make_state(bound=2)
+    assert not await step(state, "w0")  # the shard has not heard who else is live
+    await state.set_members({"w0": 0, "w1": 1})
+    assert state.clocks == {"w0": 1, "w1": 1}  # w1 joins at the slowest known clock
+    assert await state.wait_for_start("w0", timeout_s=0.0)

@@ -58,7 +58,10 @@ class SspClocks(ShardCore):
             if self.done or self.stopping or worker not in self.clocks:
                 return True
             clock, live = self.clocks[worker], self._live_clocks()
-            if may_start_step(clock, live, self.job.ssp_bound):
+            # Until the coordinator has said who is live, the slowest worker may not have
+            # pushed yet: nobody runs ahead of workers the shard has not heard from.
+            known = self.members is not None
+            if known and may_start_step(clock, live, self.job.ssp_bound):
                 self.max_clock_gap = max(self.max_clock_gap, clock_gap(clock, live))
                 self.max_gate_wait_s = max(self.max_gate_wait_s, time.monotonic() - started)
                 return True
