@@ -129,6 +129,13 @@ def row_of(config: Config, summary: dict[str, Any], args: argparse.Namespace) ->
         # Per shard, like "applied": the gradients a shard refused.
         "dropped": sum(dropped.values()) / args.shards,
         "dropped_reasons": ", ".join(sorted(dropped)) or "-",
+        # sync: what the deadline did (mean over shards); ssp: the largest clock gap
+        "deadline_ms": None
+        if summary.get("deadline_seconds") is None
+        else summary["deadline_seconds"] * 1000,
+        "steps_closed_early": summary.get("steps_closed_early"),
+        "gradients_per_step": summary.get("gradients_per_step"),
+        "max_clock_gap": summary.get("max_clock_gap"),
         "history": history,
     }
 
@@ -143,6 +150,8 @@ COLUMNS = [
     Column("accuracy", "accuracy", "{:.3f}"),
     Column("dropped", "dropped", "{:.0f}"),
     Column("dropped_reasons", "why"),
+    Column("deadline_ms", "deadline ms", "{:.1f}"),
+    Column("gradients_per_step", "grads/step", "{:.2f}"),
     Column("step_ms_spread", "ms/step range"),
     Column("to_target_s_spread", "s to target range"),
 ]
