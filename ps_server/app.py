@@ -29,6 +29,7 @@ from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
 from pscluster.service import add_auth, add_observability, background
 from pscluster.settings import Mode, ShardSettings
+from pscluster.settings.timeouts import MAX_PULL_WAIT_S, SHARD_JOIN_RETRY_S
 from pscluster.sharding import slice_part
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,6 @@ SLOT = web.AppKey("shard_slot", ShardSlot)
 SETTINGS = web.AppKey("shard_settings", ShardSettings)
 METRICS = web.AppKey("shard_metrics", ShardMetrics)
 URL = web.AppKey("shard_url", str)
-
-# Longest a pull may long-poll; clients ask for less.
-MAX_WAIT_S = 60.0
 
 # A membership body maps worker ids to ranks: a megabyte holds tens of thousands of them.
 MEMBERSHIP_BODY_BYTES = 1 << 20
@@ -96,7 +94,8 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 async def handle_push(request: web.Request) -> web.Response:
     state: ShardState | None = None
     # A large body is read straight from the socket into its buffer, past aiohttp's parser.
-    direct = request.transport is not None and "Content-Encoding" not in request.headers
+    transport = request.transport
+    direct = transport is not None and "Content-Encoding" not in request.headers
     try:
         state = _state(request)
         settings = request.app[SETTINGS]
@@ -105,7 +104,7 @@ async def handle_push(request: web.Request) -> web.Response:
             request.content,
             request.content_length,
             int(settings.max_body_mb * 2**20),
-            connection=(request.transport, request.protocol) if direct else None,  # type: ignore[arg-type]
+            connection=(transport, request.protocol) if direct and transport else None,
         )
         state.metrics.bytes_received.inc(len(body))
         frame = decode_frame(body)
@@ -145,14 +144,14 @@ async def handle_push(request: web.Request) -> web.Response:
     # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
     send_params = want_params and verdict.code is not ErrorCode.DUPLICATE
     # Parameters are encoded once per version and written straight from that snapshot.
-    body = FramePayload(
+    reply = FramePayload(
         await state.encoded_params() if send_params else state.status_frame(), once=True
     )
-    state.metrics.bytes_sent.inc(body.size)
+    state.metrics.bytes_sent.inc(reply.size)
     status = 200 if verdict.accepted else 409
     code = "applied" if verdict.code is None else verdict.code.value
     headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}", "PS-Gate": _gate(gate_open)}
-    return web.Response(body=body, status=status, headers=headers)
+    return web.Response(body=reply, status=status, headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -185,7 +184,7 @@ async def handle_params(request: web.Request) -> web.Response:
         state = _state(request)
         after = _int_query(request, "after", -1)
         try:
-            wait_s = min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
+            wait_s = min(MAX_PULL_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
         except ValueError:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "query 'wait' is not a number") from None
     except ProtocolError as exc:
@@ -261,7 +260,7 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                     log.warning("coordinator refused registration: %s %s", status, reply)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("coordinator not reachable yet (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(settings.register_interval_s if slot.state else 0.2)
+            await asyncio.sleep(settings.register_interval_s if slot.state else SHARD_JOIN_RETRY_S)
 
     async with background(run()):
         yield
@@ -310,8 +309,9 @@ async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
 async def release_held_requests(app: web.Application) -> None:
     """Shutdown step 2 (after the listener closed): answer held long-polls and sync pushes now,
     so in-flight work finishes well within the grace period."""
-    if app[SLOT].state is not None:
-        app[SLOT].state.release_waiters()
+    state = app[SLOT].state
+    if state is not None:
+        state.release_waiters()
 
 
 def build_app(settings: ShardSettings, url: str) -> web.Application:

@@ -66,7 +66,7 @@ class Snapshot:
         view = self._payload[:]
         self._loans.lent()
         weakref.finalize(view, self._loans.returned)
-        return EncodedFrame((self._prefix, memoryview(view)), len(self._prefix) + view.nbytes)
+        return EncodedFrame((self._prefix, view.data), len(self._prefix) + view.nbytes)
 
     def reheader(self, header: Mapping[str, Any]) -> None:
         """The same payload under a new header (a new version, after an update in place)."""

@@ -120,7 +120,7 @@ class _DirectReader(asyncio.BufferedProtocol):
         self._view = view
         self._filled = 0
         self._original = original
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -131,7 +131,7 @@ class _DirectReader(asyncio.BufferedProtocol):
         if self._filled >= len(self._view) and not self.done.done():
             assert self._transport is not None
             # Not a byte more: what follows belongs to aiohttp again.
-            self._transport.pause_reading()  # type: ignore[attr-defined]
+            self._transport.pause_reading()
             self.done.set_result(None)
 
     def eof_received(self) -> bool:
@@ -206,18 +206,18 @@ def _reset_request_parser(handler: RequestHandler) -> None:
     reply instead, which is always correct (the client opens a new one).
     """
     try:
-        manager = handler._manager  # type: ignore[attr-defined]
+        manager = handler._manager
         options = manager._kwargs if manager is not None else {}
-        handler._parser = HttpRequestParser(  # type: ignore[attr-defined]
+        handler._parser = HttpRequestParser(
             handler,
             asyncio.get_running_loop(),
-            handler._read_bufsize,  # type: ignore[attr-defined]
+            handler._read_bufsize,
             max_line_size=handler.max_line_size,
             max_field_size=handler.max_field_size,
             max_headers=handler.max_headers,
             payload_exception=RequestPayloadError,
             auto_decompress=options.get("auto_decompress", True),
-            max_msg_queue_size=handler._max_msg_queue_size,  # type: ignore[attr-defined]
+            max_msg_queue_size=handler._max_msg_queue_size,
         )
     except (AttributeError, TypeError):
         handler.force_close()
@@ -239,7 +239,7 @@ async def read_frame_body(
     from the socket into the buffer (see ``_read_direct``): on loopback that halves the time.
     """
     nbytes = _check_length(length, max_bytes)
-    view = memoryview(pool.take(nbytes))
+    view = pool.take(nbytes).data
     if connection is not None and nbytes >= DIRECT_READ_BYTES:
         await _read_direct(content, view, *connection)
     else:
@@ -268,8 +268,14 @@ class FramePayload(aiohttp.payload.Payload):
             frame = EncodedFrame((frame,), len(frame))
         super().__init__(frame, content_type=MSGPACK)
         self._size = frame.nbytes
+        self._nbytes = frame.nbytes
         self._frame = frame
         self._once = once
+
+    @property
+    def size(self) -> int:
+        """Always known, and kept once the frame is let go: the frame's length in bytes."""
+        return self._nbytes
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self._frame.tobytes().decode(encoding, errors)

@@ -230,7 +230,7 @@ def _specs(
 
 
 def _byte_view(array: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def frame_buffers(

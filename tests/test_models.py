@@ -259,6 +259,7 @@ def _fake_cupy(devices: int | Exception) -> ModuleType:
 
     runtime = types.SimpleNamespace(getDeviceCount=get_device_count)
     fake = types.ModuleType("cupy")
+    # A stand-in for cupy: a bare module has no such attributes until they are set.
     fake.cuda = types.SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
     fake.ndarray = type("ndarray", (), {})  # type: ignore[attr-defined]
     return fake

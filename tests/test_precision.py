@@ -229,6 +229,7 @@ async def test_a_parser_that_cannot_be_rebuilt_closes_the_connection_instead() -
     its reply (the client reconnects) rather than parsed with a parser that is off by a body."""
     closed = []
     handler = types.SimpleNamespace(_manager=None, force_close=lambda: closed.append(True))
+    # A stand-in with only what the fallback touches, not a RequestHandler.
     pscluster.client._reset_request_parser(handler)  # type: ignore[arg-type]
     assert closed == [True]
 

@@ -1,8 +1,11 @@
-"""The house rules that no linter checks by itself: small modules, and every folder of code on a
-floor that the import contract and the type checker both see (docs/architecture.md)."""
+"""The house rules (docs/architecture.md): small modules; every folder of code on a floor that the
+import contract and the type checker both see; both tools clean. .ci/run runs the tools too; here
+they run with the suite, so a merge that breaks them fails before it lands."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,3 +52,23 @@ def test_every_code_folder_is_on_a_floor_and_type_checked() -> None:
     assert set(PYPROJECT["tool"]["mypy"]["files"]) == folders
     # Lazy imports and those under TYPE_CHECKING say what a module needs too.
     assert linter["exclude_type_checking_imports"] is False
+
+
+def run_tool(name: str) -> subprocess.CompletedProcess[str]:
+    tool = Path(sys.executable).parent / name
+    assert tool.exists(), f"{name} is not installed: pip install -c constraints.txt -e '.[test]'"
+    return subprocess.run(
+        [str(tool)], cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+
+
+def test_imports_keep_to_the_floors() -> None:
+    done = run_tool("lint-imports")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Contracts: 2 kept, 0 broken." in done.stdout
+
+
+def test_the_type_checker_finds_nothing() -> None:
+    done = run_tool("mypy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("Success: no issues found"), done.stdout

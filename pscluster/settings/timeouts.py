@@ -23,6 +23,14 @@ RETRY_CAP_S = 2.0
 # the membership, polling a shard's state.
 CONTROL_CALL_TIMEOUT_S = 5.0
 
+# --- shard --------------------------------------------------------------------------------------
+
+# Longest a pull may long-poll, whatever it asks (workers ask for PULL_LONG_POLL_S).
+MAX_PULL_WAIT_S = 60.0
+# A shard without its job yet (the coordinator not up, or refusing) registers again this soon:
+# workers wait for every shard. Once it has the job, it re-announces every register_interval_s.
+SHARD_JOIN_RETRY_S = 0.2
+
 # --- worker -------------------------------------------------------------------------------------
 
 # Longest a worker's pull asks a shard to hold it waiting for a newer version; a worker's
