@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ps_server.deadline import WINDOW, auto_deadline, step_may_close
+from ps_server.fold_order import fold_sequence, may_fold_now
+from ps_server.state.core import OwnedGradients
 from ps_server.state.updates import Updates
 from pscluster.settings import Mode
 
@@ -37,6 +39,11 @@ class SyncGathering(Updates):
         self.gradients_summed = 0
         self.steps_gathered = 0
         self.last_deadline_s: float | None = None
+        # Rank order of the step's sum (ps_server.fold_order): gradients that arrived ahead of a
+        # lower live rank, the last rank folded, and whether the sum holds anything yet.
+        self._held: dict[int, Mapping[str, np.ndarray]] = {}
+        self._last_folded: int | None = None
+        self._summed = False
 
     async def set_members(self, members: Mapping[str, int]) -> None:
         """The coordinator's membership; a smaller one may complete the step being gathered."""
@@ -103,30 +110,65 @@ class SyncGathering(Updates):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _gather(self, worker: str, grads: Mapping[str, np.ndarray]) -> None:
+    async def _gather(self, worker: str, rank: int, grads: Mapping[str, np.ndarray]) -> None:
         now = time.perf_counter()
-        first = not self._contributors
-        if first:
+        if not self._contributors:
             self._open_step(now)
         else:
             self._offsets.append(now - self._round_started)
-        if self._may_close(len(self._contributors) + 1):
+        self._contributors.add(worker)
+        members = () if self.members is None else self.members.values()
+        in_order = not self._held and may_fold_now(rank, self._last_folded, members)
+        if self._may_close(len(self._contributors)):
+            if not in_order:
+                # Fold in rank order: this one joins the held ones, and the highest of them all
+                # goes into the update's pass (see ps_server.fold_order).
+                self._held[rank] = grads
+                await self._apply_sync_step()
+                return
             # The last gradient is folded into the update's own pass.
-            self._contributors.add(worker)
-            await self._apply_sync_step(grads, first=first)
+            await self._apply_sync_step(grads)
             return
-        if first:
+        if not in_order:
+            self._held[rank] = self._keep(grads)
+            return
+        await self._fold(rank, grads)
+        # The ranks held behind this one may follow it now.
+        while self._held:
+            lowest = min(self._held)
+            if not may_fold_now(lowest, self._last_folded, members):
+                break
+            await self._fold(lowest, self._held.pop(lowest))
+
+    def _keep(self, grads: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """A gradient to hold past its request: its own buffer if the request gave it away,
+        else a copy (the request's buffer goes back to the pool)."""
+        if isinstance(grads, OwnedGradients):
+            return grads
+        return OwnedGradients({key: np.array(grad) for key, grad in grads.items()})
+
+    async def _fold(self, rank: int, grads: Mapping[str, np.ndarray]) -> None:
+        """Add one gradient to the running sum (the step's first becomes the sum)."""
+        if not self._summed:
             # The first gradient of a step becomes the sum, not added to it: no pass to zero it.
             rest = self._adopt(grads)
             if rest:
                 await self._math(lambda: self._add_into_sum(rest, copy=True))
         else:
             await self._math(lambda: self._add_into_sum(grads))
-        self._contributors.add(worker)
+        self._summed = True
+        self._last_folded = rank
 
-    async def _apply_sync_step(
-        self, last: Mapping[str, np.ndarray] | None = None, *, first: bool = False
-    ) -> None:
+    async def _apply_sync_step(self, last: Mapping[str, np.ndarray] | None = None) -> None:
+        """Close the step: the held gradients folded in rank order (the highest, or ``last``,
+        inside the update's pass), their mean applied as the next version."""
+        if last is None and self._held:
+            order = fold_sequence(self._held)
+            for rank in order[:-1]:
+                await self._fold(rank, self._held[rank])
+            last = self._held[order[-1]]
+        self._held.clear()
+        first = not self._summed
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -143,4 +185,6 @@ class SyncGathering(Updates):
         self.metrics.gather_seconds.observe(gathered)
         self.max_gather_s = max(self.max_gather_s, gathered)
         self._contributors.clear()
+        self._summed = False
+        self._last_folded = None
         self._advance(snapshot)

@@ -73,7 +73,7 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
             return verdict
         self.metrics.count_applied(rank)
         if self.job.mode is Mode.SYNC:
-            await self._gather(worker, grads)
+            await self._gather(worker, rank, grads)
         else:
             await self._apply_async(verdict.scale, grads)
         return verdict
