@@ -78,3 +78,30 @@ async def test_every_arrival_order_gives_the_same_bits(optimizer: str) -> None:
             ordered += gradients(0, rank)["w"]
         different += int(total.tobytes() != ordered.tobytes())
     assert different > 0
+
+
+async def test_a_held_gradient_waits_only_for_the_ranks_below_it() -> None:
+    state = ShardState(
+        JobConfig(optimizer="sgd", lr=1.0, steps=10, workers=5),
+        0,
+        {"w": np.zeros(2, np.float32)},
+        ShardMetrics(CollectorRegistry()),
+    )
+    await state.set_members({f"w{r}": r for r in range(5)})
+
+    async def push(rank: int) -> None:
+        grads = {"w": np.full(2, float(rank + 1), np.float32)}
+        assert (
+            await state.push(worker=f"w{rank}", rank=rank, base_version=0, grads=grads)
+        ).accepted
+
+    for rank in (3, 2):
+        await push(rank)
+    assert sorted(state._held) == [2, 3] and state._last_folded is None
+    await push(0)  # folded at once; 2 and 3 still wait for 1
+    assert state._last_folded == 0 and sorted(state._held) == [2, 3]
+    await push(1)  # 1, then the held 2 and 3 follow it
+    assert state._last_folded == 3 and not state._held
+    await push(4)
+    assert state.version == 1
+    np.testing.assert_allclose(state.params["w"], -3.0)  # lr * mean(1..5)

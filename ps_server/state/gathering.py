@@ -118,9 +118,11 @@ class SyncGathering(Updates):
             self._offsets.append(now - self._round_started)
         self._contributors.add(worker)
         members = () if self.members is None else self.members.values()
-        in_order = not self._held and may_fold_now(rank, self._last_folded, members)
+        in_order = may_fold_now(rank, self._last_folded, members) and (
+            not self._held or rank < min(self._held)
+        )
         if self._may_close(len(self._contributors)):
-            if not in_order:
+            if not in_order or self._held:
                 # Fold in rank order: this one joins the held ones, and the highest of them all
                 # goes into the update's pass (see ps_server.fold_order).
                 self._held[rank] = grads
