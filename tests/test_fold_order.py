@@ -105,3 +105,28 @@ async def test_a_held_gradient_waits_only_for_the_ranks_below_it() -> None:
     await push(4)
     assert state.version == 1
     np.testing.assert_allclose(state.params["w"], -3.0)  # lr * mean(1..5)
+
+
+async def test_a_checkpoint_keeps_the_held_gradients(tmp_path) -> None:
+    from ps_server.checkpoint import CheckpointStore
+
+    states = [make_state("adam"), make_state("adam")]
+    members = {f"w{r}": r for r in range(WORKERS)}
+    await states[0].set_members(members)
+    for rank in (2, 0):  # 0 folded, 2 held (waiting for 1)
+        await states[0].push(worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank))
+    assert sorted(states[0]._held) == [2] and states[0]._last_folded == 0
+    store = CheckpointStore(tmp_path, 0)
+    store.write(*await states[0].checkpoint_body())
+    states[1].restore(store.newest_valid())
+    await states[1].set_members(members)
+    assert sorted(states[1]._held) == [2] and states[1]._last_folded == 0
+    for state in states:
+        for rank in (3, 1):
+            verdict = await state.push(
+                worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank)
+            )
+            assert verdict.accepted
+        assert state.version == 1
+    for key in states[0].params:
+        assert states[0].params[key].tobytes() == states[1].params[key].tobytes()

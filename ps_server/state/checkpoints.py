@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from ps_server.checkpoint import Checkpoint, encode_checkpoint
-from ps_server.state.core import ShardCore
+from ps_server.state.core import OwnedGradients, ShardCore
 
 
 class Checkpoints(ShardCore):
@@ -22,12 +22,18 @@ class Checkpoints(ShardCore):
             **{f"param/{key}": p for key, p in self.params.items()},
             **{f"opt/{key}": a for key, a in self.optimizer.state().items()},
         }
-        if self._contributors:
+        if self._summed:
             arrays.update({f"sum/{key}": a for key, a in self._sum.items()})
+        for rank, grads in self._held.items():
+            arrays.update({f"held/{rank}/{key}": g for key, g in grads.items()})
         header = {
             "shard": self.index,
             "version": self.version,
             "contributors": sorted(self._contributors),
+            # How far the rank-ordered fold got (ps_server.fold_order).
+            "summed": self._summed,
+            "last_folded": self._last_folded,
+            "held": sorted(self._held),
         }
         # Encoding copies the arrays, so the file can be written after the lock is released.
         return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
@@ -41,10 +47,18 @@ class Checkpoints(ShardCore):
         self.optimizer.load_state(
             {key.removeprefix("opt/"): a for key, a in arrays.items() if key.startswith("opt/")}
         )
-        self._contributors = set(checkpoint.header.get("contributors", []))
-        if self._contributors:
+        header = checkpoint.header
+        self._contributors = set(header.get("contributors", []))
+        # A checkpoint from before the rank-ordered fold has a sum whenever it has contributors.
+        self._summed = bool(header.get("summed", self._contributors))
+        self._last_folded = header.get("last_folded")
+        if self._summed:
             for key, total in self._sum.items():
                 np.copyto(total, arrays[f"sum/{key}"])
+        self._held = {
+            rank: OwnedGradients({key: arrays[f"held/{rank}/{key}"].copy() for key in self._sum})
+            for rank in header.get("held", [])
+        }
         self.version = checkpoint.version
         self.restored_from = checkpoint.version
         self.metrics.version.set(self.version)

@@ -59,6 +59,11 @@ class ShardCore:
         # O(P) memory however many workers push.
         self._sum = {key: np.zeros_like(p) for key, p in params.items()}
         self._contributors: set[str] = set()
+        # Rank order of the step's sum (ps_server.fold_order): gradients that arrived ahead of a
+        # lower live rank (by rank), the last rank folded, and whether the sum holds any yet.
+        self._held: dict[int, Mapping[str, np.ndarray]] = {}
+        self._last_folded: int | None = None
+        self._summed = False
         self._round_started = 0.0
         self._lock = asyncio.Lock()
         self._version_changed = asyncio.Event()

@@ -39,11 +39,6 @@ class SyncGathering(Updates):
         self.gradients_summed = 0
         self.steps_gathered = 0
         self.last_deadline_s: float | None = None
-        # Rank order of the step's sum (ps_server.fold_order): gradients that arrived ahead of a
-        # lower live rank, the last rank folded, and whether the sum holds anything yet.
-        self._held: dict[int, Mapping[str, np.ndarray]] = {}
-        self._last_folded: int | None = None
-        self._summed = False
 
     async def set_members(self, members: Mapping[str, int]) -> None:
         """The coordinator's membership; a smaller one may complete the step being gathered."""
