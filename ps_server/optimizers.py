@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ps_server.kernels import flat, for_each_block
-from pscluster.settings import OptimizerName
+from pscluster.settings import AdamForm, OptimizerName
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -126,21 +126,39 @@ class SGD:
 
 
 class Adam:
-    """Adam (Kingma and Ba 2015) with bias correction; its step count is its own."""
+    """Adam (Kingma and Ba 2015) with bias correction; its step count is its own.
+
+    With c1 = 1 - beta1^t and c2 = 1 - beta2^t, ``form`` says where the corrections go:
+    - torch (textbook, ``torch.optim.Adam``): p -= lr (m / c1) / (sqrt(v) / sqrt(c2) + eps);
+    - keras (the eps-hat form of section 2): p -= lr sqrt(c2) / c1 m / (sqrt(v) + eps).
+    They differ where sqrt(v) is not large against eps: early steps and small gradients.
+    """
 
     def __init__(
-        self, params: Arrays, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+        self,
+        params: Arrays,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        form: AdamForm = AdamForm.TORCH,
     ) -> None:
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.lr, self.beta1, self.beta2, self.eps, self.form = lr, beta1, beta2, eps, form
         self._m = {name: np.zeros_like(p) for name, p in params.items()}
         self._v = {name: np.zeros_like(p) for name, p in params.items()}
         self._t = np.zeros((), dtype=np.int64)
         self._step = np.float32(0.0)
+        self._root_c2 = np.float32(1.0)  # torch form: sqrt(v) is divided by sqrt(c2)
 
     def begin_step(self) -> None:
         self._t += 1
         t = int(self._t)
-        self._step = np.float32(self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t))
+        c1, c2 = 1 - self.beta1**t, 1 - self.beta2**t
+        if self.form is AdamForm.KERAS:
+            self._step = np.float32(self.lr * np.sqrt(c2) / c1)
+        else:
+            self._step = np.float32(self.lr / c1)
+            self._root_c2 = np.float32(np.sqrt(c2))
 
     def update_block(
         self,
@@ -163,6 +181,8 @@ class Adam:
         v *= np.float32(self.beta2)
         v += g
         np.sqrt(v, out=g)
+        if self.form is AdamForm.TORCH:
+            g /= self._root_c2
         g += np.float32(self.eps)
         np.divide(m, g, out=g)
         g *= self._step
@@ -183,10 +203,17 @@ class Adam:
 
 
 def build_optimizer(
-    name: OptimizerName, params: Arrays, *, lr: float, momentum: float, beta1: float, beta2: float
+    name: OptimizerName,
+    params: Arrays,
+    *,
+    lr: float,
+    momentum: float,
+    beta1: float,
+    beta2: float,
+    adam_form: AdamForm = AdamForm.TORCH,
 ) -> Optimizer:
     if name is OptimizerName.SGD:
         return SGD(params, lr)
     if name is OptimizerName.MOMENTUM:
         return SGD(params, lr, momentum)
-    return Adam(params, lr, beta1, beta2)
+    return Adam(params, lr, beta1, beta2, form=adam_form)

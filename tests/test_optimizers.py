@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ps_server.optimizers import SGD, Adam, apply
+from pscluster.settings import AdamForm
 
 
 def arrays(seed: int) -> dict[str, np.ndarray]:
@@ -57,3 +58,57 @@ def test_adam_matches_reference() -> None:
     restored = Adam(arrays(5), lr=0.01)
     restored.load_state(opt.state())
     assert int(restored.state()["t"]) == 3
+
+
+def small_gradients(t: int) -> dict[str, np.ndarray]:
+    # Gradients near eps (1e-8): where the two forms of Adam part ways, so each test below
+    # would fail against the other form's reference.
+    return {k: g * np.float32(1e-7) for k, g in arrays(20 + t).items()}
+
+
+def run_adam(form: AdamForm, steps: int) -> dict[str, np.ndarray]:
+    params = arrays(0)
+    opt = Adam(params, lr=0.01, beta1=0.8, beta2=0.99, form=form)
+    for t in range(1, steps + 1):
+        apply(opt, params, {k: g.copy() for k, g in small_gradients(t).items()}, 1.0)
+    return params
+
+
+def largest_relative_error(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return max(float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in a)
+
+
+def test_adam_torch_form_matches_torch_optim_adam() -> None:
+    import torch
+
+    start = arrays(0)
+    tensors = {k: torch.tensor(p, requires_grad=True) for k, p in start.items()}
+    reference = torch.optim.Adam(list(tensors.values()), lr=0.01, betas=(0.8, 0.99), eps=1e-8)
+    for t in range(1, 7):
+        for k, g in small_gradients(t).items():
+            tensors[k].grad = torch.tensor(g)
+        reference.step()
+    expected = {k: p.detach().numpy() for k, p in tensors.items()}
+    ours = run_adam(AdamForm.TORCH, 6)
+    assert largest_relative_error(ours, expected) < 1e-6
+    # The parameters moved by far more than that: the comparison means something.
+    assert largest_relative_error(start, expected) > 1e-3
+    assert largest_relative_error(run_adam(AdamForm.KERAS, 6), expected) > 1e-3
+
+
+def test_adam_keras_form_matches_its_formula() -> None:
+    beta1, beta2, eps, lr = 0.8, 0.99, 1e-8, 0.01
+    ref = {k: p.astype(np.float64) for k, p in arrays(0).items()}
+    m = {k: np.zeros_like(p) for k, p in ref.items()}
+    v = {k: np.zeros_like(p) for k, p in ref.items()}
+    for t in range(1, 7):
+        for k, g32 in small_gradients(t).items():
+            g = g32.astype(np.float64)
+            m[k] = beta1 * m[k] + (1 - beta1) * g
+            v[k] = beta2 * v[k] + (1 - beta2) * g**2
+            c1, c2 = 1 - beta1**t, 1 - beta2**t
+            # The eps-hat form: lr sqrt(c2) / c1 * m / (sqrt(v) + eps).
+            ref[k] -= lr * np.sqrt(c2) / c1 * m[k] / (np.sqrt(v[k]) + eps)
+    ours = run_adam(AdamForm.KERAS, 6)
+    assert largest_relative_error(ours, ref) < 1e-6
+    assert largest_relative_error(run_adam(AdamForm.TORCH, 6), ref) > 1e-3

@@ -51,6 +51,7 @@ class ShardCore:
             momentum=job.momentum,
             beta1=job.beta1,
             beta2=job.beta2,
+            adam_form=job.adam_form,
         )
         self.version = 0
         # worker id -> rank, as the coordinator last said; None until it has spoken.

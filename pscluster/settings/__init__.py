@@ -13,6 +13,7 @@ service, ``timeouts`` and ``loading``; everything is importable from ``pscluster
 """
 
 from pscluster.settings.choices import (
+    AdamForm,
     Backend,
     DataMode,
     DelayKind,
@@ -37,6 +38,7 @@ from pscluster.settings.worker import WorkerSettings
 __all__ = [
     "ENV_PREFIX",
     "PULL_LONG_POLL_S",
+    "AdamForm",
     "Backend",
     "CoordinatorSettings",
     "DataMode",

@@ -22,6 +22,13 @@ class OptimizerName(StrEnum):
     ADAM = "adam"
 
 
+class AdamForm(StrEnum):
+    """Where Adam's bias corrections go (c1 = 1 - beta1^t, c2 = 1 - beta2^t)."""
+
+    TORCH = "torch"  # textbook, as torch.optim.Adam: lr (m / c1) / (sqrt(v / c2) + eps)
+    KERAS = "keras"  # eps-hat form (Kingma and Ba, section 2): lr sqrt(c2) / c1 m / (sqrt(v) + eps)
+
+
 class StalenessPolicy(StrEnum):
     NONE = "none"  # apply stale gradients at full strength
     INVERSE = "inverse"  # scale by 1/staleness for staleness >= 1 (Zhang et al. 2016)

@@ -7,7 +7,14 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pscluster.settings.choices import DataMode, Mode, OptimizerName, StalenessPolicy, WireDtype
+from pscluster.settings.choices import (
+    AdamForm,
+    DataMode,
+    Mode,
+    OptimizerName,
+    StalenessPolicy,
+    WireDtype,
+)
 
 # Defaults that depend on the mode (see JobConfig._per_mode); measured in docs/stragglers.md.
 SYNC_STEPS = 300
@@ -53,6 +60,11 @@ class JobConfig(BaseModel):
     )
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay.")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay.")
+    adam_form: AdamForm = Field(
+        AdamForm.TORCH,
+        description="Adam's update: torch (textbook, as torch.optim.Adam: lr (m/c1) / "
+        "(sqrt(v/c2) + eps)) or keras (the eps-hat form: lr sqrt(c2)/c1 m / (sqrt(v) + eps)).",
+    )
     seed: int = Field(0, ge=0, description="Seed for parameters, data split and batches.")
     max_staleness: int | None = Field(
         None, ge=0, description="async: drop gradients staler than this (unset: never drop)."
