@@ -47,9 +47,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, pinned by constraints.txt, in their own layer: a code change reuses it.
+# EXTRAS names optional extras to add: `docker build --build-arg EXTRAS=torch .` for PyTorch
+# jobs (the coordinator and the workers run the model; shards never import torch), taking the
+# CPU build from PyTorch's CPU index, without CUDA's libraries.
+ARG EXTRAS=""
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -c constraints.txt -r /tmp/requirements.txt \
+RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" $EXTRAS > /tmp/requirements.txt \
+    && pip install -c constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The code, installed without touching the dependencies again.

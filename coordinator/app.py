@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from coordinator.handlers import (
     handle_deregister,
     handle_heartbeat,
+    handle_initial,
     handle_register_shard,
     handle_register_worker,
     handle_status,
@@ -34,6 +35,7 @@ def build_app(settings: CoordinatorSettings, url: str) -> web.Application:
     app.router.add_post("/heartbeat", handle_heartbeat)
     app.router.add_post("/deregister", handle_deregister)
     app.router.add_get("/status", handle_status)
+    app.router.add_get(r"/initial/{index:\d+}", handle_initial)
     app.cleanup_ctx.append(monitor_loop)
     add_auth(app, settings.cluster_token())
     return app

@@ -11,7 +11,7 @@ from coordinator.loops import announce_membership
 from coordinator.state import COORDINATOR
 from pscluster.client import read_body
 from pscluster.jsonbody import parse_json_object, parse_worker_stats
-from pscluster.protocol import ErrorCode, ProtocolError, error_json
+from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, error_json
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -82,6 +82,16 @@ async def handle_deregister(request: web.Request) -> web.Response:
     coordinator.deregister(worker_id, stats)
     await announce_membership(request.app, force=False)
     return web.json_response({"phase": coordinator.phase})
+
+
+async def handle_initial(request: web.Request) -> web.Response:
+    """A shard's initial parameters (a msgpack frame), drawn by the coordinator from the seed."""
+    coordinator = request.app[COORDINATOR]
+    try:
+        body = coordinator.initial_body(int(request.match_info["index"]))
+    except ProtocolError as exc:
+        return _refuse(exc)
+    return web.Response(body=body, content_type=MSGPACK)
 
 
 async def handle_status(request: web.Request) -> web.Response:

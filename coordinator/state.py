@@ -14,6 +14,7 @@ from aiohttp import web
 
 from coordinator.membership import WorkerRecord, assign_rank, expired_workers
 from pscluster.datasets import Dataset, load_dataset
+from pscluster.initial import initial_frame
 from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
 from pscluster.protocol import ErrorCode, ProtocolError
@@ -49,6 +50,9 @@ class Coordinator:
         )
         self.shapes = self.model.parameter_shapes()
         self.shard_map = compute_shard_map(self.shapes, self.job.shards)
+        # Drawn once, here, before any request: the shards' initial values (GET /initial/<i>,
+        # pscluster/initial.py), the same after a restart since they depend on the seed alone.
+        self.initial = self.model.init_parameters(self.job.seed)
         self.shard_urls: list[str | None] = [None] * self.job.shards
         self.shard_states: list[dict[str, Any]] = [{} for _ in range(self.job.shards)]
         self.workers: dict[str, WorkerRecord] = {}
@@ -97,6 +101,14 @@ class Coordinator:
         if version is not None:
             self.shard_states[index]["version"] = version
         return self.registration()
+
+    def initial_body(self, index: int) -> bytes:
+        """Shard ``index``'s parts of the initial parameters, as one frame."""
+        if not 0 <= index < self.job.shards:
+            raise ProtocolError(
+                ErrorCode.WRONG_SHARD, f"shard index {index} outside 0..{self.job.shards - 1}"
+            )
+        return initial_frame(self.initial, self.shard_map[index], index=index, seed=self.job.seed)
 
     @property
     def all_shards_known(self) -> bool:

@@ -97,6 +97,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def torch_threads(workers: int, cores: int | None = None) -> int:
+    """CPU threads for each of ``workers`` local workers: the cores shared out, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
 def parse_faults(specs: Sequence[str]) -> dict[str, int]:
     faults = {}
     for spec in specs:
@@ -160,6 +165,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
                         f"{ENV_PREFIX}DELAY_S": str(args.delay_s),
                         f"{ENV_PREFIX}DELAY_FACTOR": str(args.slow_factor if slow else 1.0),
                         f"{ENV_PREFIX}BACKEND": args.backend,
+                        # N + k workers share this host's cores (a torch model's threads).
+                        f"{ENV_PREFIX}TORCH_THREADS": str(torch_threads(settings.world)),
                     },
                 )
             )

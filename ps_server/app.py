@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -23,14 +22,13 @@ from pscluster.client import (
     read_frame_body,
 )
 from pscluster.faults import maybe_kill
+from pscluster.initial import fetch_initial
 from pscluster.jobspec import Registration
 from pscluster.jsonbody import parse_json_object
-from pscluster.models import build_model
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
 from pscluster.service import add_auth, add_observability, background
 from pscluster.settings import Mode, ShardSettings
 from pscluster.settings.timeouts import MAX_PULL_WAIT_S, SHARD_JOIN_RETRY_S
-from pscluster.sharding import slice_part
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +50,6 @@ URL = web.AppKey("shard_url", str)
 
 # A membership body maps worker ids to ranks: a megabyte holds tens of thousands of them.
 MEMBERSHIP_BODY_BYTES = 1 << 20
-
-
-def initial_params(registration: Registration, index: int) -> dict[str, np.ndarray]:
-    """This shard's parts of the model, initialised from the job seed like every other shard."""
-    job = registration.job
-    model = build_model(
-        job.model, registration.n_features, registration.n_classes, job.hidden_sizes
-    )
-    full = model.init_parameters(job.seed)
-    return {
-        part.key: np.array(slice_part(full[part.param], part), dtype=np.float32, copy=True)
-        for part in registration.shard_map[index]
-    }
 
 
 def frame_response(body: bytes, status: int = 200, **headers: str) -> web.Response:
@@ -250,7 +235,10 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                 status, reply = await post_json(session, url, payload)
                 if status == 200 and slot.state is None:
                     registration = Registration.from_json(reply)
-                    params = initial_params(registration, settings.shard_index)
+                    # The coordinator draws every initial value: shards build no model.
+                    index = settings.shard_index
+                    parts = registration.shard_map[index]
+                    params = await fetch_initial(session, settings.coordinator_url, parts, index)
                     state = ShardState(registration.job, settings.shard_index, params, app[METRICS])
                     restore_newest(state, settings)
                     slot.state = state
@@ -260,6 +248,8 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                     log.warning("coordinator refused registration: %s %s", status, reply)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("coordinator not reachable yet (%s); retrying", type(exc).__name__)
+            except ProtocolError as exc:
+                log.warning("initial values refused (%s: %s); retrying", exc.code, exc.message)
             await asyncio.sleep(settings.register_interval_s if slot.state else SHARD_JOIN_RETRY_S)
 
     async with background(run()):

@@ -176,8 +176,11 @@ class Adam:
         m -= g
         m *= np.float32(self.beta1)
         m += g
+        # b2 v + (1 - b2) g^2 with 1 - b2 rounded to float32 itself: 1 - float32(0.999) is off
+        # by 1.3e-5 relative, which a v -= g^2; v *= b2; v += g^2 pass would carry into every
+        # step (torch.optim.Adam rounds 1 - b2, as here).
         np.square(g, out=g)  # g is scratch from here on
-        v -= g
+        g *= np.float32(1 - self.beta2)
         v *= np.float32(self.beta2)
         v += g
         np.sqrt(v, out=g)

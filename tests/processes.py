@@ -13,8 +13,15 @@ from pathlib import Path
 TOKEN = "subprocess-test-token"
 
 
-def start(module: str, tmp: Path, name: str, **env: str) -> tuple[subprocess.Popen, str]:
+def start(
+    module: str, tmp: Path, name: str, *, prelude: str = "", **env: str
+) -> tuple[subprocess.Popen, str]:
+    """``python -m module``; with a ``prelude``, that code runs first in the same interpreter."""
     ready = tmp / f"{name}.url"
+    command = [sys.executable, "-m", module]
+    if prelude:
+        run = f"import runpy; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+        command = [sys.executable, "-c", f"{prelude}\n{run}"]
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PSC_")},
         "PSC_TOKEN": TOKEN,
@@ -24,7 +31,7 @@ def start(module: str, tmp: Path, name: str, **env: str) -> tuple[subprocess.Pop
     }
     with open(tmp / f"{name}.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            command,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

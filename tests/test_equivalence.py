@@ -10,26 +10,31 @@ from pscluster.sampling import batch_indices
 from tests.cluster import local_cluster
 
 
+def union_batch(job: dict, world: int, step: int, n_train: int) -> np.ndarray:
+    """The indices of every worker's batch at ``step``, rank after rank: one batch of N*b."""
+    return np.concatenate(
+        [
+            batch_indices(
+                n_train,
+                job["batch_size"],
+                seed=job["seed"],
+                rank=rank,
+                world=world,
+                step=step,
+                mode=job["data_mode"],
+            )
+            for rank in range(world)
+        ]
+    )
+
+
 def reference_sgd(job: dict, world: int) -> dict[str, np.ndarray]:
     """One process, plain SGD on the union of every worker's batch at each step."""
     data = load_dataset(job["dataset"], job["seed"])
     model = build_model(job["model"], data.n_features, data.n_classes, (int(job["hidden"]),))
     params = {k: v.astype(np.float64) for k, v in model.init_parameters(job["seed"]).items()}
     for step in range(job["steps"]):
-        indices = np.concatenate(
-            [
-                batch_indices(
-                    len(data.y_train),
-                    job["batch_size"],
-                    seed=job["seed"],
-                    rank=rank,
-                    world=world,
-                    step=step,
-                    mode=job["data_mode"],
-                )
-                for rank in range(world)
-            ]
-        )
+        indices = union_batch(job, world, step, len(data.y_train))
         _, grads = model.loss_and_gradients(
             params, data.x_train[indices].astype(np.float64), data.y_train[indices]
         )

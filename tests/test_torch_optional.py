@@ -42,8 +42,14 @@ def test_numpy_paths_import_and_train_without_torch() -> None:
         before = params["w1"].copy()
         apply(Adam(params, lr=0.01, form=AdamForm.TORCH), params, grads, 1.0)
         print(round(loss, 3), float(np.abs(params["w1"] - before).max()) > 0)
+        # A torch model is refused at start, saying what to install.
+        from pscluster.settings import CoordinatorSettings
+        try:
+            CoordinatorSettings(model="torch_cnn", insecure=True)
+        except ValueError as exc:
+            print("refused" if "pip install" in str(exc) else exc)
         """
     )
     assert done.returncode == 0, done.stderr
-    loss, moved = done.stdout.split()
-    assert 0.5 < float(loss) < 10 and moved == "True"
+    loss, moved, refused = done.stdout.split()
+    assert 0.5 < float(loss) < 10 and moved == "True" and refused == "refused"

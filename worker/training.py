@@ -18,7 +18,7 @@ from pscluster.backend import get_xp, to_device, to_numpy
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
-from pscluster.models import build_model
+from pscluster.models import build_model, is_torch
 from pscluster.protocol import ErrorCode, to_wire
 from pscluster.sampling import batch_indices
 from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
@@ -86,11 +86,17 @@ class Trainer:
         self.metrics = metrics
         self.rank = rank  # the coordinator may hand back a different rank after it restarts
         self.worker_id = registration.worker_id
-        self.xp = get_xp(settings.backend.value)
         self.data = load_worker_data(registration)
         self.model = build_model(
-            self.job.model, registration.n_features, registration.n_classes, self.job.hidden_sizes
+            self.job.model,
+            registration.n_features,
+            registration.n_classes,
+            self.job.hidden_sizes,
+            backend=settings.backend.value,
+            torch_threads=settings.torch_threads,
         )
+        # A torch model takes and gives host arrays and moves them to its device itself.
+        self.xp = np if is_torch(self.model) else get_xp(settings.backend.value)
         self.full = allocate_full(self.model.parameter_shapes())
         self.shards = [ShardView(client) for client in clients]
         self.delay_rng = np.random.default_rng([self.job.seed, 7919, registration.rank])

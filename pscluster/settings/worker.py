@@ -24,7 +24,17 @@ class WorkerSettings(ServiceSettings):
     rank: int | None = Field(
         None, ge=0, description="Rank to ask the coordinator for (unset: the lowest free one)."
     )
-    backend: Backend = Field(Backend.AUTO, description="Array backend: auto, numpy or cupy.")
+    backend: Backend = Field(
+        Backend.AUTO,
+        description="Array backend: auto, numpy or cupy. A PyTorch model: auto is CUDA when "
+        "torch.cuda.is_available(), else the CPU; numpy the CPU; cupy CUDA.",
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="A PyTorch model's CPU threads in this worker (torch.set_num_threads): 1 "
+        "never oversubscribes a host running several workers; pscluster up sets cores / (N + k).",
+    )
     delay: DelayKind = Field(
         DelayKind.NONE, description="Straggler simulation: none, fixed, exponential, long_tail."
     )
