@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pscluster.models.base import Array, Model
+from pscluster.models.fm import FactorizationMachine, build_fm
 from pscluster.models.mlp import MLP
 from pscluster.models.softmax import SoftmaxRegression
 
@@ -15,6 +16,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "MLP",
     "Array",
+    "FactorizationMachine",
     "Model",
     "SoftmaxRegression",
     "build_model",
@@ -44,6 +46,7 @@ BUILTIN_MODELS: dict[str, Callable[..., object]] = {
     "softmax": _softmax,
     "mlp": _mlp,
     "torch_cnn": _torch_cnn,
+    "fm": build_fm,
 }
 # Built-in models that need the torch extra.
 TORCH_MODELS = frozenset({"torch_cnn"})
