@@ -107,6 +107,9 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"  # the cluster is still assembling; retry
     CLUSTER_FULL = "cluster_full"  # all N + k worker ranks are taken
     BUSY = "busy"  # too much work in flight; retry with backoff
+    BAD_ID = "bad_id"  # a sparse id below 0 (ids are int64 >= 0)
+    DUPLICATE_ID = "duplicate_id"  # an id named twice in one table's ids of one message
+    TOO_MANY_IDS = "too_many_ids"  # more ids for one table than pscluster.sparse_wire.MAX_IDS
 
 
 class ProtocolError(Exception):

@@ -145,3 +145,20 @@ def test_stragglers_bench(tmp_path: Path) -> None:
         assert row["history"], row["config"]  # the loss curve the plot draws
     # Sync runs 6 steps of N = 2 gradients; async N times as many single-gradient steps.
     assert [row["steps"] for row in figures["rows"]] == [6, 12, 6, 12]
+
+
+@pytest.mark.timeout(120)
+def test_sparse_bench(tmp_path: Path) -> None:
+    stdout, figures = run_bench(
+        "sparse",
+        *("--rows", "2e4", "--batches", "1e3", "--min-time", "0.02", "--repeats", "1"),
+        tmp_path=tmp_path,
+    )
+    assert "bytes per row measured" in stdout and "pull rows/s" in stdout
+    (row,) = figures["rows"]
+    assert row["batch"] == 1000
+    keys = ["pull_rows_s", "push_rows_s", "pull_vs_dense", "push_vs_dense", "bytes_vs_dense"]
+    assert_numbers(row, keys)
+    # A step moves its rows and ids, not the table: 16 floats and 3 ids per row plus framing.
+    assert row["step_bytes"] < 1000 * (2 * 16 * 4 + 3 * 8) + 4096
+    assert figures["row_bytes"] == 64 and figures["bytes_per_row"] > 64
