@@ -70,9 +70,10 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin psclu
     && mkdir -p /data && chown pscluster:pscluster /data
 USER pscluster
 
-# In a container a service listens on every interface; compose sets PSC_PORT per service.
+# In a container a service listens on every interface; compose sets PSC_PORT per service (and a
+# shard's PSC_DATA_PORT, 7101: its data plane).
 ENV PSC_HOST=0.0.0.0
-EXPOSE 7000 7100 7200
+EXPOSE 7000 7100 7101 7200
 
 # /healthz on the service's own port (PSC_PORT); python, since the slim image has no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

@@ -40,6 +40,7 @@ from bench.common import Column, counts, format_table, write_json
 from ps_server.kernels import for_each_block
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.settings import JobConfig
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -114,7 +115,7 @@ async def measure(
         for rank, g in enumerate(grads):
             valid = state.validate_gradients({"w": g}, owned=True)
             verdict = await state.push(
-                worker=f"w{rank}", rank=rank, base_version=version, grads=valid
+                Push(worker=f"w{rank}", rank=rank, base_version=version, grads=valid)
             )
             assert verdict.accepted, verdict
         assert state.version == version + 1

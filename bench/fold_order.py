@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from bench.common import Column, counts, format_table, write_json
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.settings import JobConfig
 
 WORKERS = 4
@@ -50,7 +51,7 @@ async def measure(params: int, order: list[int], repeats: int) -> tuple[float, f
             valid = state.validate_gradients({"w": body}, owned=True)
             del body
             verdict = await state.push(
-                worker=f"w{rank}", rank=rank, base_version=version, grads=valid
+                Push(worker=f"w{rank}", rank=rank, base_version=version, grads=valid)
             )
             assert verdict.accepted, verdict
             del valid

@@ -28,6 +28,7 @@ import contextlib
 import math
 import secrets
 import statistics
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,7 +62,7 @@ IMPLEMENTATIONS = ("raw", "naive", "project")
 
 def serve_project(params: int, workers: int) -> None:
     """The shard's real app and state, handed its job directly instead of by a coordinator."""
-    from ps_server.app import METRICS, SLOT, announce_loop, build_app
+    from ps_server.app import DATA_URL, METRICS, SLOT, announce_loop, build_app
     from ps_server.state import ShardState
     from pscluster.service import running_service
     from pscluster.settings import JobConfig, ShardSettings
@@ -82,15 +83,16 @@ def serve_project(params: int, workers: int) -> None:
         return app
 
     async def main() -> None:
-        async with running_service(factory, settings) as (url, _):
+        async with running_service(factory, settings) as (_, app):
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, announce_and_wait_for_stdin_eof, f"{url} {token}")
+            address = f"{app[DATA_URL][0]} {token}"
+            await loop.run_in_executor(None, announce_and_wait_for_stdin_eof, address)
 
     uvloop.run(main())
 
 
 class ProjectClients:
-    """W workers on one uvloop loop, each a ``ShardClient`` with its own session."""
+    """W workers on one uvloop loop, each a ``ShardClient`` with its own data-port connection."""
 
     def __init__(self, address: str, params: int, workers: int) -> None:
         self.url, self.token = address.split()
@@ -100,11 +102,10 @@ class ProjectClients:
         self.clients: list[Any] = []
 
     async def open(self) -> None:
-        from pscluster.client import make_session
         from worker.shard_client import ShardClient
 
         self.clients = [
-            ShardClient(make_session(60.0, token=self.token), self.url, 0) for _ in self.versions
+            ShardClient(self.url, 0, token=self.token, timeout_s=60.0) for _ in self.versions
         ]
 
     async def _round_trips(self, rank: int, iterations: int) -> None:
@@ -127,7 +128,7 @@ class ProjectClients:
 
     async def close(self) -> None:
         for client in self.clients:
-            await client.session.close()
+            client.close()
 
 
 # --- taking turns -------------------------------------------------------------------------------
@@ -157,11 +158,37 @@ class OnLoop:
         self.loop.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of process ``pid`` so far (nanosecond counters of
+    /proc/<pid>/task/*/schedstat; /proc/<pid>/stat counts in 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+class Timed:
+    """A contender whose batches also count CPU time: its server's and its clients' (this
+    process: only one contender runs at a time)."""
+
+    def __init__(self, contender: Contender, server_pid: int) -> None:
+        self.contender = contender
+        self.server_pid = server_pid
+        self.cpu_s = 0.0  # of the latest batch, both sides
+
+    def batch(self, iterations: int) -> float:
+        server, clients = cpu_seconds(self.server_pid), time.process_time()
+        seconds = self.contender.batch(iterations)
+        self.cpu_s = cpu_seconds(self.server_pid) - server + time.process_time() - clients
+        return seconds
+
+
 @contextlib.contextmanager
-def contenders(impls: Sequence[str], params: int, workers: int) -> Iterator[dict[str, Contender]]:
+def contenders(impls: Sequence[str], params: int, workers: int) -> Iterator[dict[str, Timed]]:
     """Start each implementation's server and connect its W clients; stop them afterwards."""
     with contextlib.ExitStack() as stack:
-        running: dict[str, Contender] = {}
+        running: dict[str, Timed] = {}
         for impl in impls:
             helper = stack.enter_context(
                 Helper(
@@ -184,26 +211,29 @@ def contenders(impls: Sequence[str], params: int, workers: int) -> Iterator[dict
                     ProjectClients(helper.address, params, workers), uvloop.new_event_loop()
                 )
             stack.callback(contender.close)
-            running[impl] = contender
+            running[impl] = Timed(contender, helper.process.pid)
         yield running
 
 
 def measure(
     impls: Sequence[str], params: int, workers: int, repeats: int, min_s: float
-) -> dict[str, list[float]]:
-    """Round trips per second of each implementation, ``repeats`` times, taking turns."""
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Round trips per second of each implementation and CPU-seconds per round trip (server
+    and clients together), ``repeats`` times, taking turns."""
     with contenders(impls, params, workers) as running:
         iterations = {}
         for impl, contender in running.items():
             contender.batch(1)  # connect, fault in buffers
             per_round_trip = contender.batch(2) / 2
             iterations[impl] = max(2, math.ceil(min_s / max(per_round_trip, 1e-6)))
-        rates: dict[str, list[float]] = {impl: [] for impl in running}
+        figures: dict[str, tuple[list[float], list[float]]] = {i: ([], []) for i in running}
         for _ in range(repeats):
             for impl, contender in running.items():
                 seconds = contender.batch(iterations[impl])
-                rates[impl].append(workers * iterations[impl] / seconds)
-        return rates
+                rates, cpu = figures[impl]
+                rates.append(workers * iterations[impl] / seconds)
+                cpu.append(contender.cpu_s / (workers * iterations[impl]))
+        return figures
 
 
 def bench(
@@ -219,14 +249,17 @@ def bench(
         for workers in workers_list:
             megabytes = 2 * 4 * params / 1e6  # P float32 pushed, P received
             row: dict[str, Any] = {"params": params, "workers": workers, "mb_per_rt": megabytes}
-            for impl, rates in measure(impls, params, workers, repeats, min_s).items():
+            for impl, (rates, cpu) in measure(impls, params, workers, repeats, min_s).items():
                 row[f"{impl}_rts"] = statistics.median(rates)
                 row[f"{impl}_mbps"] = row[f"{impl}_rts"] * megabytes
                 row[f"{impl}_repeats"] = rates
+                row[f"{impl}_cpu_us"] = statistics.median(cpu) * 1e6
             if "project" in impls:
                 for base in ("raw", "naive"):
                     if base in impls:
                         row[f"vs_{base}"] = row["project_rts"] / row[f"{base}_rts"]
+                if "raw" in impls:
+                    row["cpu_ratio"] = row["project_cpu_us"] / row["raw_cpu_us"]
             rows.append(row)
             print(format_table([row], cols).splitlines()[-1], flush=True)
     return rows
@@ -241,10 +274,13 @@ def columns(impls: Sequence[str]) -> list[Column]:
     for impl in impls:
         cols.append(Column(f"{impl}_rts", f"{impl} rt/s", "{:.1f}"))
         cols.append(Column(f"{impl}_mbps", f"{impl} MB/s", "{:.0f}"))
+        cols.append(Column(f"{impl}_cpu_us", f"{impl} CPU us/rt", "{:.0f}"))
     if "project" in impls:
         cols += [
             Column(f"vs_{b}", f"project/{b}", "{:.2f}") for b in ("raw", "naive") if b in impls
         ]
+        if "raw" in impls:
+            cols.append(Column("cpu_ratio", "CPU project/raw", "{:.2f}"))
     return cols
 
 

@@ -9,9 +9,9 @@ from aiohttp import web
 
 from coordinator.loops import announce_membership
 from coordinator.state import COORDINATOR
-from pscluster.client import read_body
 from pscluster.jsonbody import parse_json_object, parse_worker_stats
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, error_json
+from pscluster.receive import read_body
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -34,9 +34,12 @@ async def handle_register_shard(request: web.Request) -> web.Response:
     try:
         payload = await _json_body(request)
         index, url = _field(payload, "index", int), _field(payload, "url", str)
-        version = payload.get("version")
+        version, data_url = payload.get("version"), payload.get("data_url")
         registration = coordinator.register_shard(
-            index, url, version if isinstance(version, int) else None
+            index,
+            url,
+            version if isinstance(version, int) else None,
+            data_url if isinstance(data_url, str) else None,
         )
     except ProtocolError as exc:
         return _refuse(exc)

@@ -14,9 +14,10 @@ from aiohttp import web
 from coordinator.membership import may_announce_membership, members_by_rank
 from coordinator.metrics import METRICS
 from coordinator.state import COORDINATOR
-from pscluster.client import get_json, make_session, post_json, read_frame_body
+from pscluster.client import get_json, make_session, post_json
 from pscluster.faults import maybe_kill
 from pscluster.protocol import ProtocolError, decode_frame
+from pscluster.receive import read_frame_body
 from pscluster.service import background
 from pscluster.settings.timeouts import CONTROL_CALL_TIMEOUT_S, COORDINATOR_REQUEST_TIMEOUT_S
 from pscluster.sharding import allocate_full, assemble_into

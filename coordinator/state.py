@@ -54,6 +54,8 @@ class Coordinator:
         # pscluster/initial.py), the same after a restart since they depend on the seed alone.
         self.initial = self.model.init_parameters(self.job.seed)
         self.shard_urls: list[str | None] = [None] * self.job.shards
+        # Each shard's data port (tcp://host:port), as it announced it.
+        self.shard_data_urls: list[str | None] = [None] * self.job.shards
         self.shard_states: list[dict[str, Any]] = [{} for _ in range(self.job.shards)]
         self.workers: dict[str, WorkerRecord] = {}
         self.departed: dict[str, dict[str, Any]] = {}  # finished workers' last stats
@@ -85,18 +87,22 @@ class Coordinator:
             n_classes=self.dataset.n_classes,
             shard_map=self.shard_map,
             shard_urls=list(self.shard_urls),
+            shard_data_urls=list(self.shard_data_urls),
             rank=rank,
             worker_id=worker_id,
         )
 
-    def register_shard(self, index: int, url: str, version: int | None) -> Registration:
+    def register_shard(
+        self, index: int, url: str, version: int | None, data_url: str | None = None
+    ) -> Registration:
         if not 0 <= index < self.job.shards:
             raise ProtocolError(
                 ErrorCode.WRONG_SHARD, f"shard index {index} outside 0..{self.job.shards - 1}"
             )
-        if self.shard_urls[index] != url:
-            log.info("shard %d at %s", index, url)
+        if self.shard_urls[index] != url or self.shard_data_urls[index] != data_url:
+            log.info("shard %d at %s (data %s)", index, url, data_url)
             self.shard_urls[index] = url
+            self.shard_data_urls[index] = data_url
             self.membership_changed.set()
         if version is not None:
             self.shard_states[index]["version"] = version

@@ -4,6 +4,7 @@ restart a dead one on its port, stop them all with SIGTERM (SIGKILL what outlive
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,14 @@ def may_restart(
 ) -> bool:
     """Whether a service that died at ``now`` may start again, given its earlier restarts."""
     return sum(1 for t in restart_times if now - t < window_s) < burst
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a service that must keep it across restarts (the OS's pick for
+    port 0, released at once: taken again by the service a moment later)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass

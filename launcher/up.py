@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher.processes import RESTART_BURST, RESTART_WINDOW_S, Cluster, LaunchError, may_restart
+from launcher.processes import (
+    RESTART_BURST,
+    RESTART_WINDOW_S,
+    Cluster,
+    LaunchError,
+    free_port,
+    may_restart,
+)
 from launcher.report import get_status, print_summary, progress_line, summarize
 from pscluster.settings import (
     ENV_PREFIX,
@@ -145,6 +152,9 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
                     **link,
                     f"{ENV_PREFIX}SHARD_INDEX": str(i),
                     f"{ENV_PREFIX}CHECKPOINT_DIR": str(run_dir / f"ps{i}"),
+                    # Fixed for the shard's life, as compose's and Kubernetes' are: a restarted
+                    # shard is found on its data port by workers that registered before.
+                    f"{ENV_PREFIX}DATA_PORT": str(free_port()),
                 },
             )
             for i in range(settings.shards)

@@ -1,194 +1,81 @@
-"""The shard's HTTP service: push, pull, state and membership, around a ``ShardState``."""
+"""The shard's service: its data port (``ps_server.dataport``) and its HTTP endpoints (state,
+membership, metrics; push and pull too, as a plain path), around a ``ShardState``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
+import yarl
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ps_server.checkpoint import CheckpointStore
-from ps_server.metrics import ShardMetrics
-from ps_server.state import OFFLOAD_ELEMENTS, ShardState
-from pscluster.client import (
-    FramePayload,
-    make_session,
-    post_json,
-    read_body,
-    read_frame_body,
-)
-from pscluster.faults import maybe_kill
+from ps_server.dataplane import Answer, DataPlane, ShardSlot
+from ps_server.dataport import DataPort
+from ps_server.metrics import DataMetrics, ShardMetrics
+from ps_server.state import ShardState
+from pscluster.client import make_session, post_json
 from pscluster.initial import fetch_initial
 from pscluster.jobspec import Registration
 from pscluster.jsonbody import parse_json_object
-from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, error_frame
+from pscluster.messages import Pull, Push
+from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame
+from pscluster.receive import read_body, read_frame_body
 from pscluster.service import add_auth, add_observability, background
-from pscluster.settings import Mode, ShardSettings
-from pscluster.settings.timeouts import MAX_PULL_WAIT_S, SHARD_JOIN_RETRY_S
+from pscluster.settings import ShardSettings
+from pscluster.settings.timeouts import SHARD_JOIN_RETRY_S, SHUTDOWN_GRACE_S
 
 log = logging.getLogger(__name__)
-
-
-class ShardSlot:
-    """Holds the shard's state once the coordinator has handed it the job (the app's own mapping
-    is frozen after start-up), and the count of pushes in flight."""
-
-    def __init__(self) -> None:
-        self.state: ShardState | None = None
-        self.ready = asyncio.Event()
-        self.inflight = 0
 
 
 SLOT = web.AppKey("shard_slot", ShardSlot)
 SETTINGS = web.AppKey("shard_settings", ShardSettings)
 METRICS = web.AppKey("shard_metrics", ShardMetrics)
 URL = web.AppKey("shard_url", str)
+PLANE = web.AppKey("shard_data_plane", DataPlane)
+PORT = web.AppKey("shard_data_port", DataPort)
+# Where workers reach the data port (tcp://host:port), known once it listens.
+DATA_URL = web.AppKey("shard_data_url", list[str])
 
 # A membership body maps worker ids to ranks: a megabyte holds tens of thousands of them.
 MEMBERSHIP_BODY_BYTES = 1 << 20
 
 
-def frame_response(body: bytes, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(body=body, status=status, content_type=MSGPACK, headers=headers)
+async def send_answer(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """A reply frame as an HTTP response, written buffer by buffer (a version's parameters go
+    out from their frame, never joined into one body)."""
+    response = web.StreamResponse(status=answer.http_status, headers={"Content-Type": MSGPACK})
+    response.content_length = answer.frame.nbytes
+    await response.prepare(request)
+    for buffer in answer.frame.buffers:
+        await response.write(buffer)
+    await response.write_eof()
+    return response
 
 
-def refusal(state: ShardState | None, exc: ProtocolError) -> web.Response:
-    version = state.version if state is not None else -1
-    body = error_frame(exc.code, exc.message, version=version)
-    return frame_response(body, exc.status, **{"PS-Status": exc.code.value})
-
-
-def _state(request: web.Request) -> ShardState:
-    state = request.app[SLOT].state
-    if state is None:
-        raise ProtocolError(ErrorCode.NOT_READY, "shard has not received its job yet", 503)
-    return state
-
-
-def _int_query(request: web.Request, name: str, default: int) -> int:
+async def handle_push(request: web.Request) -> web.StreamResponse:
+    """A push over HTTP: the same answer as on the data port (``ps_server.dataplane``)."""
+    plane = request.app[PLANE]
     try:
-        return int(request.query.get(name, default))
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"query {name!r} is not an integer") from None
-
-
-async def handle_push(request: web.Request) -> web.Response:
-    state: ShardState | None = None
-    # A large body is read straight from the socket into its buffer, past aiohttp's parser.
-    transport = request.transport
-    direct = transport is not None and "Content-Encoding" not in request.headers
-    try:
-        state = _state(request)
-        settings = request.app[SETTINGS]
-        # Into one buffer as it arrives; the gradients are views of it, never copied.
-        body = await read_frame_body(
-            request.content,
-            request.content_length,
-            int(settings.max_body_mb * 2**20),
-            connection=(transport, request.protocol) if direct and transport else None,
-        )
-        state.metrics.bytes_received.inc(len(body))
-        frame = decode_frame(body)
-        header = frame.header
-        worker, rank = header.get("worker"), header.get("rank")
-        base_version, shard = header.get("base_version"), header.get("shard")
-        if not isinstance(worker, str) or not worker:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'worker' must be a non-empty string")
-        for name, value in (("rank", rank), ("base_version", base_version), ("shard", shard)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name!r} must be an integer >= 0")
-        if shard != state.index:
-            raise ProtocolError(ErrorCode.WRONG_SHARD, f"this is shard {state.index}, not {shard}")
-        # The body's buffer is this request's alone: the shard may keep the gradients as they
-        # are. The finiteness check reads every byte: off the event loop when large.
-        if len(body) >= 4 * OFFLOAD_ELEMENTS:
-            grads = await asyncio.to_thread(state.validate_gradients, frame.arrays, owned=True)
-        else:
-            grads = state.validate_gradients(frame.arrays, owned=True)
+        body = await read_frame_body(request.content, request.content_length, plane.max_body_bytes)
+        answer = await plane.push(Push.parse(decode_frame(body)), len(body))
     except ProtocolError as exc:
-        return refusal(state, exc)
-    assert isinstance(rank, int) and isinstance(base_version, int)
-    verdict = await state.push(worker=worker, rank=rank, base_version=base_version, grads=grads)
-    want_params = bool(header.get("want_params", False))
-    waited = 0.0
-    gate_open = True
-    started = time.perf_counter()
-    if state.counts_as_step(verdict):
-        # ssp: hold the reply until the worker may start its next step (or ask it to poll).
-        gate_open = await state.wait_for_start(worker, state.job.push_wait_s)
-    elif verdict.accepted and want_params:
-        # sync: hold the reply until the step completes, so it carries the next version.
-        await state.wait_for_version(base_version, state.job.push_wait_s)
-    waited = time.perf_counter() - started
-    # Parameters ride along with every reply but a duplicate's (that worker's gradient is in
-    # the step; it long-polls for the result). A future_version reply means the shard restarted
-    # from a checkpoint older than what the worker saw: the worker rewinds to these parameters.
-    send_params = want_params and verdict.code is not ErrorCode.DUPLICATE
-    # Parameters are encoded once per version and written straight from that snapshot.
-    reply = FramePayload(
-        await state.encoded_params() if send_params else state.status_frame(), once=True
-    )
-    state.metrics.bytes_sent.inc(reply.size)
-    status = 200 if verdict.accepted else 409
-    code = "applied" if verdict.code is None else verdict.code.value
-    headers = {"PS-Status": code, "PS-Waited": f"{waited:.6f}", "PS-Gate": _gate(gate_open)}
-    return web.Response(body=reply, status=status, headers=headers)
+        answer = plane.refusal(exc)
+    return await send_answer(request, answer)
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def bounded_push(handler: Handler) -> Handler:
-    """Cap the pushes in flight (each holds its body in memory): over the cap, refuse 'busy' and
-    let the worker back off. Then, for fault-injection tests, die at the configured version."""
-
-    async def bounded(request: web.Request) -> web.Response:
-        slot, settings = request.app[SLOT], request.app[SETTINGS]
-        if slot.inflight >= settings.max_inflight_pushes:
-            exc = ProtocolError(ErrorCode.BUSY, "too many pushes in flight; retry", 503)
-            return refusal(slot.state, exc)
-        slot.inflight += 1
-        try:
-            return await handler(request)
-        finally:
-            slot.inflight -= 1
-            if slot.state is not None:
-                maybe_kill(settings, slot.state.version)
-
-    return bounded
-
-
-async def handle_params(request: web.Request) -> web.Response:
-    """Pull: the current parameters, long-polling until version > ``after`` (up to ``wait``)."""
-    state: ShardState | None = None
+async def handle_params(request: web.Request) -> web.StreamResponse:
+    """A pull over HTTP (the coordinator's evaluation, tools): query ``after``, ``wait``,
+    ``worker``."""
+    plane = request.app[PLANE]
     try:
-        state = _state(request)
-        after = _int_query(request, "after", -1)
-        try:
-            wait_s = min(MAX_PULL_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
-        except ValueError:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "query 'wait' is not a number") from None
+        answer = await plane.pull(Pull.from_query(request.query))
     except ProtocolError as exc:
-        return refusal(state, exc)
-    gate_open = True
-    worker = request.query.get("worker")
-    if worker and state.job.mode is Mode.SSP:
-        # ssp: a worker whose push reply found the gate closed waits here for it to open.
-        gate_open = await state.wait_for_start(worker, wait_s)
-    elif wait_s > 0:
-        await state.wait_for_version(after, wait_s)
-    body = FramePayload(await state.encoded_params(), once=True)
-    state.metrics.bytes_sent.inc(body.size)
-    return web.Response(body=body, headers={"PS-Gate": _gate(gate_open)})
-
-
-def _gate(is_open: bool) -> str:
-    """ssp: whether the worker may start its next step ("open") or must ask again."""
-    return "open" if is_open else "closed"
+        answer = plane.refusal(exc)
+    return await send_answer(request, answer)
 
 
 async def handle_state(request: web.Request) -> web.Response:
@@ -201,7 +88,7 @@ async def handle_state(request: web.Request) -> web.Response:
 async def handle_membership(request: web.Request) -> web.Response:
     """The coordinator says which workers are live (id -> rank)."""
     try:
-        state = _state(request)
+        state = request.app[PLANE].state()
         payload = parse_json_object(
             await read_body(request.content, request.content_length, MEMBERSHIP_BODY_BYTES)
         )
@@ -228,7 +115,7 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
     async def run() -> None:
         url = f"{settings.coordinator_url.rstrip('/')}/register/shard"
         while True:
-            payload = {"index": settings.shard_index, "url": app[URL]}
+            payload = {"index": settings.shard_index, "url": app[URL], "data_url": app[DATA_URL][0]}
             if slot.state is not None:
                 payload["version"] = slot.state.version
             try:
@@ -296,9 +183,26 @@ async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
         await write_checkpoint(slot.state, store)
 
 
+async def data_port(app: web.Application) -> AsyncIterator[None]:
+    """The data port, listening from start-up (before the shard announces itself) until the
+    in-flight requests are answered on the way out (before the final checkpoint)."""
+    settings = app[SETTINGS]
+    port = await app[PORT].start(settings.host, settings.data_port)
+    app[DATA_URL].append(data_url(app[URL], port))
+    yield
+    await app[PORT].close(SHUTDOWN_GRACE_S)
+
+
+def data_url(url: str, port: int) -> str:
+    """The data port's address on the host that others reach this shard's URL at."""
+    host = yarl.URL(url).raw_host or "127.0.0.1"
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
 async def release_held_requests(app: web.Application) -> None:
-    """Shutdown step 2 (after the listener closed): answer held long-polls and sync pushes now,
-    so in-flight work finishes well within the grace period."""
+    """Shutdown step 2 (after the listeners closed): answer held long-polls and sync pushes
+    now, so in-flight work finishes well within the grace period."""
+    app[PORT].stop_accepting()
     state = app[SLOT].state
     if state is not None:
         state.release_waiters()
@@ -312,15 +216,20 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     app[SLOT] = ShardSlot()
     app[URL] = url
     slot = app[SLOT]
+    app[PLANE] = DataPlane(slot, settings, app[METRICS])
+    app[PORT] = DataPort(app[PLANE], DataMetrics(registry), settings.cluster_token())
+    app[DATA_URL] = []
     # Ready once it holds its job: the coordinator has handed it the job and its parameters.
     add_observability(
         app, registry, lambda: None if slot.state is not None else "waiting for the job"
     )
-    app.router.add_post("/push", bounded_push(handle_push))
+    app.router.add_post("/push", handle_push)
     app.router.add_get("/params", handle_params)
     app.router.add_get("/state", handle_state)
     app.router.add_post("/membership", handle_membership)
+    # Stopped in reverse: the announcements, the data port, then the final checkpoint.
     app.cleanup_ctx.append(checkpoint_loop)
+    app.cleanup_ctx.append(data_port)
     app.cleanup_ctx.append(announce_loop)
     app.on_shutdown.append(release_held_requests)
     add_auth(app, settings.cluster_token())

@@ -102,6 +102,14 @@ def for_each_block(sizes: Mapping[str, int], fn: BlockFn, *, blocked: bool = Tru
     """
     block = BLOCK if blocked else None
     total = sum(sizes.values())
+    if total < PARALLEL_ELEMENTS or _helpers is None:
+        # One part, all arrays in order (what plan would make): no plan to compute.
+        for name, n in sizes.items():
+            step = block or n
+            for first in range(0, n, step or 1):
+                if fn(name, slice(first, min(n, first + step))) is False:
+                    return False
+        return True
     parts = plan(sizes, PARTS if total >= PARALLEL_ELEMENTS and _helpers is not None else 1)
     if len(parts) <= 1:
         return _run(parts[0] if parts else [], fn, block)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -82,18 +83,58 @@ class ShardMetrics:
         self.tally_dropped: Tally[str] = Tally({code.value: 0 for code in _DROP_REASONS})
         for reason in _DROP_REASONS:
             self.dropped.labels(reason.value)
+        self._applied_by_rank: dict[int, Any] = {}
 
     def count_received(self) -> None:
         self.received.inc()
         self.tally_received += 1
 
     def count_applied(self, rank: int) -> None:
-        self.applied.labels(str(rank) if 0 <= rank < MAX_RANK_LABEL else "other").inc()
+        child = self._applied_by_rank.get(rank)
+        if child is None:
+            # Bound once per rank, not looked up by label on every push.
+            child = self.applied.labels(str(rank) if 0 <= rank < MAX_RANK_LABEL else "other")
+            if 0 <= rank < MAX_RANK_LABEL:
+                self._applied_by_rank[rank] = child
+        child.inc()
         self.tally_applied += 1
 
     def count_dropped(self, reason: ErrorCode) -> None:
         self.dropped.labels(reason.value).inc()
         self.tally_dropped[reason.value] += 1
+
+
+class DataMetrics:
+    """The data port's requests, by kind and status, and the time to answer them. Children are
+    bound once per label set (a bounded set: kinds and status enums)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "ps_data_requests_total",
+            "Data-port requests answered (hello, push, pull), by kind and reply status.",
+            ["kind", "status"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "ps_data_request_duration_seconds",
+            "Time to answer a data-port request (a held sync reply included), by kind.",
+            ["kind"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1, 10, 60),
+            registry=registry,
+        )
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    def observe(self, kind: str, status: str, seconds: float) -> None:
+        counter = self._counters.get((kind, status))
+        if counter is None:
+            counter = self._counters[kind, status] = self.requests.labels(kind, status)
+        timer = self._timers.get(kind)
+        if timer is None:
+            timer = self._timers[kind] = self.seconds.labels(kind)
+        counter.inc()
+        timer.observe(seconds)
 
 
 # Reasons counted as dropped gradients; bad input is a client error, counted by the HTTP metrics.

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ps_server.kernels import flat, for_each_block
-from pscluster.protocol import EncodedFrame, frame_prefix, snapshot_target
+from pscluster.protocol import EncodedFrame, snapshot_target
 
 
 class _Loans:
@@ -44,7 +44,8 @@ class Snapshot:
     ) -> None:
         """An empty frame for arrays shaped like ``like``, in ``dtype`` (None: their own); the
         caller fills ``arrays`` (an update writes them as it goes, or ``fill``)."""
-        self._prefix, self._payload, self.arrays = snapshot_target(header, like, dtype)
+        self.layout, self._payload, self.arrays = snapshot_target(like, dtype)
+        self.header = dict(header)
         self._loans = _Loans()
 
     def fill(self, source: Mapping[str, np.ndarray]) -> None:
@@ -60,14 +61,16 @@ class Snapshot:
         """Whether a reply still holds part of the frame (then it must not be overwritten)."""
         return self._loans.out > 0
 
-    def lend(self) -> EncodedFrame:
+    def lend(self, fields: Mapping[str, Any] | None = None) -> EncodedFrame:
         """The frame, for one reply: its payload through a view of its own, whose life is the
-        loan's."""
+        loan's, under the version's header with the reply's own ``fields`` added (its status,
+        how long it was held: a few bytes of prefix encoded per reply, the payload never)."""
+        prefix = self.layout.prefix({**fields, **self.header} if fields else self.header)
         view = self._payload[:]
         self._loans.lent()
         weakref.finalize(view, self._loans.returned)
-        return EncodedFrame((self._prefix, view.data), len(self._prefix) + view.nbytes)
+        return EncodedFrame((prefix, view.data), len(prefix) + view.nbytes)
 
     def reheader(self, header: Mapping[str, Any]) -> None:
         """The same payload under a new header (a new version, after an update in place)."""
-        self._prefix = frame_prefix(header, self.arrays)
+        self.header = dict(header)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pscluster.settings import JobConfig
@@ -16,6 +16,8 @@ class Registration:
     n_classes: int
     shard_map: ShardMap
     shard_urls: list[str | None]  # None: that shard has not registered yet
+    # Each shard's data port (tcp://host:port), where pushes and pulls go; None: not known yet.
+    shard_data_urls: list[str | None] = field(default_factory=list)
     rank: int = -1  # workers only
     worker_id: str = ""
 
@@ -30,6 +32,7 @@ class Registration:
             "n_classes": self.n_classes,
             "shard_map": [[part.to_json() for part in parts] for parts in self.shard_map],
             "shard_urls": self.shard_urls,
+            "shard_data_urls": self.shard_data_urls,
             "rank": self.rank,
             "worker_id": self.worker_id,
         }
@@ -42,6 +45,7 @@ class Registration:
             n_classes=int(data["n_classes"]),
             shard_map=[[Part.from_json(p) for p in parts] for parts in data["shard_map"]],
             shard_urls=list(data["shard_urls"]),
+            shard_data_urls=list(data.get("shard_data_urls", [])),
             rank=int(data.get("rank", -1)),
             worker_id=str(data.get("worker_id", "")),
         )

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import struct
-import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +26,8 @@ from typing import Any
 import ml_dtypes
 import msgpack
 import numpy as np
+
+from pscluster.buffers import BUFFERS, BufferPool
 
 MSGPACK = "application/msgpack"
 
@@ -134,46 +134,6 @@ def _padded(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
-class BufferPool:
-    """Large byte buffers kept for reuse, so that a 40 MB body or snapshot does not cost a fresh
-    allocation each time (on a VM, faulting in and zeroing new memory costs more than the copy).
-
-    A buffer is handed out again only once nothing refers to it: arrays decoded from a body and
-    memoryviews still queued in a transport keep their buffer's reference count up, and while
-    that is so the buffer is left alone. At most ``keep`` buffers are kept; small requests get a
-    fresh buffer and are not kept.
-    """
-
-    SMALL = 1 << 16
-
-    def __init__(self, keep: int = 8) -> None:
-        self.keep = keep
-        self._kept: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> np.ndarray:
-        """A writable uint8 array of ``nbytes``: a free kept buffer's, or a new one."""
-        if nbytes < self.SMALL:
-            return np.empty(nbytes, dtype=np.uint8)
-        with self._lock:
-            # Free: referenced only by the list and by getrefcount's own argument.
-            free = [b for b in self._kept if sys.getrefcount(b) <= 3]
-            fits = [b for b in free if nbytes <= b.nbytes <= 2 * nbytes]
-            if fits:
-                return min(fits, key=lambda b: b.nbytes)[:nbytes]
-            buffer = np.empty(nbytes, dtype=np.uint8)
-            if len(self._kept) >= self.keep and free:
-                # Make room: forget the oldest free buffer (by identity: arrays compare by value).
-                self._kept = [b for b in self._kept if b is not free[0]]
-            if len(self._kept) < self.keep:
-                self._kept.append(buffer)
-            return buffer[:nbytes]
-
-
-# The process's pool: receive buffers of the data plane and the shards' parameter snapshots.
-BUFFERS = BufferPool()
-
-
 # Header key of the filler that makes the prefix a multiple of ALIGNMENT bytes long, so that the
 # arrays of a received body start aligned wherever the buffer is (NumPy's fast paths need that).
 PAD_KEY = "pad"
@@ -194,36 +154,74 @@ class EncodedFrame:
         return b"".join(self.buffers)
 
 
-def _layout(
-    header: Mapping[str, Any], specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
-) -> tuple[bytes, dict[str, list[Any]], int]:
-    """The prefix, each array's ``[dtype, shape, offset, nbytes]`` and the payload size, for
-    arrays of the given (dtype, shape)."""
-    layout: dict[str, list[Any]] = {}
+@dataclass(frozen=True)
+class Layout:
+    """Where each array of a frame lies in its payload: ``{name: [dtype, shape, offset,
+    nbytes]}`` and the payload's size. It depends on the arrays' dtypes and shapes alone, so one
+    payload can go out under many headers (a shard's reply frame under each reply's own)."""
+
+    arrays: dict[str, list[Any]]
+    size: int
+
+    def prefix(self, header: Mapping[str, Any]) -> bytes:
+        """Everything before the payload: the msgpack array marker, the header, the bin length.
+
+        With arrays, a filler entry (``PAD_KEY``, last) brings the prefix to a multiple of
+        ALIGNMENT: packed empty, then its bin8 length byte patched and the filler appended, so
+        the header is packed once.
+        """
+        if "arrays" in header or PAD_KEY in header:
+            raise ValueError(f"'arrays' and {PAD_KEY!r} are reserved in frame headers")
+        # 0xc6: bin 32 with a big-endian length. Always bin 32, so the payload offset is known
+        # before the payload is written.
+        tail = b"\xc6" + _BIN32.pack(self.size)
+        if not self.arrays:
+            return b"\x92" + msgpack.packb({**header, "arrays": {}}, use_bin_type=True) + tail
+        packed = msgpack.packb({**header, "arrays": self.arrays, PAD_KEY: b""}, use_bin_type=True)
+        extra = -(1 + len(packed) + len(tail)) % ALIGNMENT
+        # packed ends with the filler's b"\xc4\x00" (bin8 of length 0): set its length.
+        return b"".join((b"\x92", packed[:-1], bytes((extra,)), bytes(extra), tail))
+
+
+_BIN32 = struct.Struct(">I")
+
+
+def layout_of(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> Layout:
+    """The layout of arrays of the given (dtype, shape), each starting aligned. Remembered: a
+    worker frames the same shapes every step, and a shard its reply frames."""
+    key = tuple(specs.items())
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _new_layout(specs)
+        if len(_LAYOUTS) >= _LAYOUTS_KEPT:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))  # the oldest
+        _LAYOUTS[key] = layout
+    return layout
+
+
+_LAYOUTS: dict[tuple[tuple[str, tuple[np.dtype, tuple[int, ...]]], ...], Layout] = {}
+_LAYOUTS_KEPT = 64
+
+
+def _new_layout(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> Layout:
+    arrays: dict[str, list[Any]] = {}
     offset = end = 0
     for name, (dtype, shape) in specs.items():
         if dtype.name not in WIRE_DTYPES:
             raise ValueError(f"array {name!r}: dtype {dtype} cannot cross the wire")
         nbytes = math.prod(shape) * dtype.itemsize
         offset = _padded(end)  # each array starts aligned; the payload ends with the last one
-        layout[name] = [dtype.name, list(shape), offset, nbytes]
+        arrays[name] = [dtype.name, list(shape), offset, nbytes]
         end = offset + nbytes
-    if "arrays" in header or PAD_KEY in header:
-        raise ValueError(f"'arrays' and {PAD_KEY!r} are reserved in frame headers")
-    fields = {**header, "arrays": layout}
-    # 0x92: fixarray of two; 0xc6: bin 32 with a big-endian length. Always bin 32, so the payload
-    # offset is known before the payload is written.
-    tail = b"\xc6" + struct.pack(">I", end)
-    prefix = b"\x92" + msgpack.packb(fields, use_bin_type=True) + tail
-    if specs and len(prefix) % ALIGNMENT:
-        # A filler entry brings the prefix to a multiple of ALIGNMENT. Packed empty first to
-        # learn its own cost (key, bin8 marker and length, and maybe a wider map marker); every
-        # byte of filler after that adds exactly one byte, as long as it stays a bin8.
-        packed = msgpack.packb({**fields, PAD_KEY: b""}, use_bin_type=True)
-        extra = -(1 + len(packed) + len(tail)) % ALIGNMENT
-        packed = msgpack.packb({**fields, PAD_KEY: bytes(extra)}, use_bin_type=True)
-        prefix = b"\x92" + packed + tail
-    return prefix, layout, end
+    return Layout(arrays, end)
+
+
+def _layout(
+    header: Mapping[str, Any], specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+) -> tuple[bytes, dict[str, list[Any]], int]:
+    """The prefix, each array's ``[dtype, shape, offset, nbytes]`` and the payload size."""
+    layout = layout_of(specs)
+    return layout.prefix(header), layout.arrays, layout.size
 
 
 def _specs(
@@ -258,12 +256,11 @@ def frame_buffers(
 
 
 def snapshot_target(
-    header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,
     dtype: str | np.dtype | None = None,
     pool: BufferPool = BUFFERS,
-) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
-    """A frame for arrays shaped like ``arrays`` (in ``dtype`` if given): its prefix, its payload
+) -> tuple[Layout, np.ndarray, dict[str, np.ndarray]]:
+    """A frame for arrays shaped like ``arrays`` (in ``dtype`` if given): its layout, its payload
     buffer, and the writable arrays inside the payload that the caller fills in. A snapshot that
     stays valid while the source arrays go on changing (a shard's parameters of one version).
 
@@ -272,23 +269,16 @@ def snapshot_target(
     """
     arrays = arrays or {}
     wire = None if dtype is None else WIRE_DTYPES[np.dtype(dtype).name]
-    prefix, layout, size = _layout(header, _specs(arrays, wire))
-    payload = pool.take(size)
+    layout = layout_of(_specs(arrays, wire))
+    payload = pool.take(layout.size)
     targets: dict[str, np.ndarray] = {}
     end = 0
     for name in arrays:
-        kind, shape, offset, nbytes = layout[name]
+        kind, shape, offset, nbytes = layout.arrays[name]
         payload[end:offset] = 0
         targets[name] = payload[offset : offset + nbytes].view(WIRE_DTYPES[kind]).reshape(shape)
         end = offset + nbytes
-    return prefix, payload, targets
-
-
-def frame_prefix(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
-    """The prefix (everything before the payload) of a frame of ``header`` and arrays of these
-    dtypes and shapes: the payload's layout depends on those alone, so a payload can be sent
-    again under a new header."""
-    return _layout(header, _specs(arrays))[0]
+    return layout, payload, targets
 
 
 def encode_frame(
@@ -302,15 +292,17 @@ def encode_frame(
     return frame_buffers(header, arrays).tobytes()
 
 
+# A msgpack bin's marker -> the width of its length field.
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
 def _bin_span(view: memoryview, pos: int) -> tuple[int, int]:
     """Where the msgpack bin starting at ``pos`` holds its bytes: (start, length)."""
     if pos >= len(view):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame ends before its payload")
-    marker = view[pos]
-    widths = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-    if marker not in widths:
+    width = _BIN_WIDTHS.get(view[pos])
+    if width is None:
         raise ProtocolError(ErrorCode.BAD_FRAME, "payload is not a msgpack bin")
-    width = widths[marker]
     if pos + 1 + width > len(view):
         raise ProtocolError(ErrorCode.BAD_FRAME, "truncated payload length")
     length = int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
@@ -325,12 +317,15 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
     view = memoryview(buffer).cast("B")
     if len(view) < 2 or view[0] != 0x92:
         raise ProtocolError(ErrorCode.BAD_FRAME, "body is not a msgpack [header, payload] array")
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
-    # Feed a small window first (headers are usually well under 1 KiB), then more if needed:
+    # read_size: its first buffer (by default a megabyte, allocated and freed per frame).
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES, read_size=4096
+    )
+    # Feed a small window first (headers are usually a few hundred bytes), then more if needed:
     # feeding copies, and a 1 MiB window would copy a megabyte of every 40 MB body.
     end = 1
     limit = min(len(view), 1 + MAX_HEADER_BYTES)
-    window = 4096
+    window = 512
     while True:
         start, end = end, min(limit, end + window)
         unpacker.feed(view[start:end])
@@ -357,25 +352,30 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
     return Frame(header=header, arrays=arrays)
 
 
+def _natural(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
 def _decode_array(name: str, spec: Any, payload: memoryview) -> np.ndarray:
-    if not (isinstance(spec, list) and len(spec) == 4):
+    if type(spec) is not list or len(spec) != 4:
         raise ProtocolError(
             ErrorCode.BAD_FRAME, f"array {name!r}: spec is not [dtype, shape, offset, nbytes]"
         )
     dtype_name, shape, offset, nbytes = spec
-    dtype = WIRE_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    dtype = WIRE_DTYPES.get(dtype_name) if type(dtype_name) is str else None
     if dtype is None:
         raise ProtocolError(
             ErrorCode.BAD_DTYPE, f"array {name!r}: dtype {dtype_name!r} is not allowed"
         )
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    count = 1
+    if type(shape) is not list:
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: bad shape {shape!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, nbytes)):
+    for extent in shape:
+        if not _natural(extent):
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: bad shape {shape!r}")
+        count *= extent
+    if not (_natural(offset) and _natural(nbytes)):
         raise ProtocolError(ErrorCode.BAD_FRAME, f"array {name!r}: bad offset or size")
-    count = math.prod(shape)
     if count * dtype.itemsize != nbytes or offset + nbytes > len(payload):
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape disagrees with its bytes")
     return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)

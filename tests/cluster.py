@@ -15,7 +15,7 @@ from aiohttp import web
 
 from coordinator.app import build_app as coordinator_app
 from coordinator.state import COORDINATOR, Coordinator
-from ps_server.app import SLOT
+from ps_server.app import DATA_URL, SLOT
 from ps_server.app import build_app as shard_app
 from pscluster.client import get_json, make_session
 from pscluster.protocol import decode_frame
@@ -68,6 +68,11 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError("shards did not receive their job")
             await asyncio.sleep(0.02)
+
+    @property
+    def data_urls(self) -> list[str]:
+        """Each shard's data port (tcp://host:port)."""
+        return [app[DATA_URL][0] for app in self.shard_apps]
 
     def shard_states(self) -> list[Any]:
         return [app[SLOT].state for app in self.shard_apps]

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-import ps_server.app as shard_app
+import ps_server.dataplane as dataplane
 import ps_server.state.core as state_core
 import ps_server.state.shard as shard_state
 from ps_server.app import SLOT
 from ps_server.metrics import ShardMetrics
 from ps_server.rules import Verdict
 from ps_server.state import ShardState
-from pscluster.client import make_session
+from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
 from pscluster.settings import JobConfig
 from tests.cluster import TOKEN, local_cluster
@@ -80,10 +80,10 @@ def staleness_over(state: ShardState, bound: int) -> float:
 async def test_crafted_gradient_moves_params_by_lr_scale_g(policy, staleness, divide) -> None:
     state = make_state(staleness_policy=policy, lr_divide_by_workers=divide, workers=4)
     for _ in range(staleness):  # other workers' updates, with zero gradients: params unchanged
-        await state.push(worker="other", rank=0, base_version=state.version, grads=grad(0.0))
+        await state.push(Push(worker="other", rank=0, base_version=state.version, grads=grad(0.0)))
     before = {k: p.copy() for k, p in state.params.items()}
     g = grad(1.5)
-    verdict = await state.push(worker="me", rank=1, base_version=0, grads=g)
+    verdict = await state.push(Push(worker="me", rank=1, base_version=0, grads=g))
     assert verdict.accepted and verdict.staleness == staleness
     lr = LR / 4 if divide else LR
     for key, p in state.params.items():
@@ -125,7 +125,7 @@ async def test_dropped_equals_pushes_staler_than_the_bound(max_staleness, policy
         arrival = state.version
         staleness = arrival - seen[worker]
         verdict = await state.push(
-            worker=f"w{worker}", rank=worker, base_version=seen[worker], grads=g
+            Push(worker=f"w{worker}", rank=worker, base_version=seen[worker], grads=g)
         )
         assert verdict.staleness == staleness
         if staleness > max_staleness:
@@ -150,13 +150,13 @@ async def test_warmup_applies_only_rank_0_then_everyone() -> None:
     state = make_state(warmup_steps=warmup, workers=4)
     # The coordinator's membership decides the rank, not what a push claims.
     await state.set_members({"w0": 0, "w1": 1, "w2": 2, "w3": 3})
-    liar = await state.push(worker="w2", rank=0, base_version=0, grads=grad(1.0))
+    liar = await state.push(Push(worker="w2", rank=0, base_version=0, grads=grad(1.0)))
     assert liar.code is ErrorCode.WARMUP
     refused = 1
     while state.version < warmup:
         for rank in range(4):
             verdict = await state.push(
-                worker=f"w{rank}", rank=rank, base_version=state.version, grads=grad(0.1)
+                Push(worker=f"w{rank}", rank=rank, base_version=state.version, grads=grad(0.1))
             )
             assert verdict.accepted is (rank == 0)
             if rank:
@@ -170,7 +170,7 @@ async def test_warmup_applies_only_rank_0_then_everyone() -> None:
     # Warmup is over: every rank's gradient is applied.
     for rank in range(4):
         verdict = await state.push(
-            worker=f"w{rank}", rank=rank, base_version=state.version, grads=grad(0.1)
+            Push(worker=f"w{rank}", rank=rank, base_version=state.version, grads=grad(0.1))
         )
         assert verdict.accepted
     assert applied_by_rank(state, range(4)) == [warmup + 1, 1, 1, 1]
@@ -196,10 +196,11 @@ class DecisionLog:
 
 
 async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
-    """200 pushes at once over HTTP to one shard, with the math on a thread: each is applied at
-    its own version, and the parameters end at init - lr * sum(scale * g), to float tolerance."""
+    """200 pushes at once on 8 connections to one shard, with the math on a thread: each is
+    applied at its own version, and the parameters end at init - lr * sum(scale * g), to float
+    tolerance."""
     monkeypatch.setattr(state_core, "OFFLOAD_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(shard_app, "OFFLOAD_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(dataplane, "OFFLOAD_ELEMENTS", 1 << 16)
     job = {
         "shards": 1, "workers": 4, "mode": "async", "steps": 10_000, "model": "mlp",
         "hidden": "1024", "dataset": "digits", "optimizer": "sgd", "lr": LR,
@@ -210,14 +211,19 @@ async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
     }  # fmt: skip
     rng = np.random.default_rng(42)
     n_pushes, pre = 200, 40
-    async with local_cluster(job) as cluster, make_session(30.0, token=TOKEN) as session:
+    async with local_cluster(job) as cluster:
         slot = cluster.shard_apps[0][SLOT]
         await asyncio.wait_for(slot.ready.wait(), 10.0)
         state = slot.state
         assert state is not None
         # Big enough that the shard runs the update math on a thread, off the event loop.
         assert sum(p.size for p in state.params.values()) >= state_core.OFFLOAD_ELEMENTS
-        client = ShardClient(session, cluster.shard_urls[0], 0, attempts=3)
+        # One connection per worker id: 8 pushes in flight at the shard at once.
+        clients = [
+            ShardClient(cluster.data_urls[0], 0, token=TOKEN, timeout_s=30.0, attempts=3)
+            for _ in range(8)
+        ]
+        client = clients[0]
         init = {k: v.astype(np.float64) for k, v in (await client.pull()).arrays.items()}
         zeros = {k: np.zeros(v.shape, np.float32) for k, v in init.items()}
         # Advance to version 40 one push at a time, so the burst can carry older base versions.
@@ -240,12 +246,14 @@ async def test_no_lost_update_under_200_concurrent_pushes(monkeypatch) -> None:
             g["b1"][i] = 1.0
             grads.append(g)
         replies = await asyncio.gather(*(
-            client.push(worker=f"w{i % 8}", rank=i % 8, step=i, base_version=int(bases[i]),
+            clients[i % 8].push(worker=f"w{i % 8}", rank=i % 8, step=i, base_version=int(bases[i]),
                         grads=grads[i], want_params=False)
             for i in range(n_pushes)
         ))  # fmt: skip
         assert [r.status for r in replies] == ["applied"] * n_pushes
         final = (await client.pull()).arrays
+        for each in clients:
+            each.close()
     assert state.version == pre + n_pushes
     assert state.metrics.tally_applied == pre + n_pushes
     # Each push's scale tells the version it was applied at: all 200 are distinct, so no two

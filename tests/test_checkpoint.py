@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from ps_server.checkpoint import CheckpointStore, CorruptCheckpoint
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.settings import JobConfig
 
 
@@ -30,9 +31,9 @@ def grad(value: float) -> dict[str, np.ndarray]:
 async def test_round_trip_restores_params_optimizer_version_and_step_in_progress(tmp_path) -> None:
     state = make_state()
     for version in range(3):
-        await state.push(worker="a", rank=0, base_version=version, grads=grad(1.0))
-        await state.push(worker="b", rank=1, base_version=version, grads=grad(-0.5))
-    await state.push(worker="a", rank=0, base_version=3, grads=grad(2.0))  # half a step
+        await state.push(Push(worker="a", rank=0, base_version=version, grads=grad(1.0)))
+        await state.push(Push(worker="b", rank=1, base_version=version, grads=grad(-0.5)))
+    await state.push(Push(worker="a", rank=0, base_version=3, grads=grad(2.0)))  # half a step
     store = CheckpointStore(tmp_path, 0)
     version, body = await state.checkpoint_body()
     store.write(version, body)
@@ -45,8 +46,8 @@ async def test_round_trip_restores_params_optimizer_version_and_step_in_progress
         np.testing.assert_array_equal(restored.params[key], state.params[key])
     # The rest of the step completes identically on both: sum and Adam state came back too.
     for s in (state, restored):
-        await s.push(worker="b", rank=1, base_version=3, grads=grad(4.0))
-        dup = await s.push(worker="a", rank=0, base_version=3, grads=grad(4.0))
+        await s.push(Push(worker="b", rank=1, base_version=3, grads=grad(4.0)))
+        dup = await s.push(Push(worker="a", rank=0, base_version=3, grads=grad(4.0)))
         assert dup.code is not None and s.version == 4
     for key in state.params:
         np.testing.assert_array_equal(restored.params[key], state.params[key])

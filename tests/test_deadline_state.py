@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from ps_server.deadline import MARGIN_S
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
 from pscluster.settings import JobConfig
 
@@ -28,7 +29,7 @@ def grad(value: float) -> dict[str, np.ndarray]:
 
 async def push(state: ShardState, worker: str, value: float, base: int = 0) -> ErrorCode | None:
     rank = int(worker[1:])
-    verdict = await state.push(worker=worker, rank=rank, base_version=base, grads=grad(value))
+    verdict = await state.push(Push(worker=worker, rank=rank, base_version=base, grads=grad(value)))
     return verdict.code
 
 

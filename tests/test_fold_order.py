@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from ps_server.fold_order import fold_sequence, may_fold_now
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.settings import JobConfig
 
 WORKERS = 4
@@ -51,7 +52,7 @@ async def run(optimizer: str, orders: list[tuple[int, ...]]) -> dict[str, np.nda
     for step, order in enumerate(orders):
         for rank in order:
             verdict = await state.push(
-                worker=f"w{rank}", rank=rank, base_version=step, grads=gradients(step, rank)
+                Push(worker=f"w{rank}", rank=rank, base_version=step, grads=gradients(step, rank))
             )
             assert verdict.accepted
         assert state.version == step + 1
@@ -92,7 +93,7 @@ async def test_a_held_gradient_waits_only_for_the_ranks_below_it() -> None:
     async def push(rank: int) -> None:
         grads = {"w": np.full(2, float(rank + 1), np.float32)}
         assert (
-            await state.push(worker=f"w{rank}", rank=rank, base_version=0, grads=grads)
+            await state.push(Push(worker=f"w{rank}", rank=rank, base_version=0, grads=grads))
         ).accepted
 
     for rank in (3, 2):
@@ -114,7 +115,9 @@ async def test_a_checkpoint_keeps_the_held_gradients(tmp_path) -> None:
     members = {f"w{r}": r for r in range(WORKERS)}
     await states[0].set_members(members)
     for rank in (2, 0):  # 0 folded, 2 held (waiting for 1)
-        await states[0].push(worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank))
+        await states[0].push(
+            Push(worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank))
+        )
     assert sorted(states[0]._held) == [2] and states[0]._last_folded == 0
     store = CheckpointStore(tmp_path, 0)
     store.write(*await states[0].checkpoint_body())
@@ -124,7 +127,7 @@ async def test_a_checkpoint_keeps_the_held_gradients(tmp_path) -> None:
     for state in states:
         for rank in (3, 1):
             verdict = await state.push(
-                worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank)
+                Push(worker=f"w{rank}", rank=rank, base_version=0, grads=gradients(0, rank))
             )
             assert verdict.accepted
         assert state.version == 1

@@ -24,12 +24,12 @@ def resident_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def push_many(client: ShardClient, count: int) -> dict[str, int]:
+async def push_many(clients: list[ShardClient], count: int) -> dict[str, int]:
     grads = {"w": np.full((64, 10), 1e-6, np.float32), "b": np.full(10, 1e-6, np.float32)}
     statuses: dict[str, int] = {}
     queue = iter(range(count))
 
-    async def pusher() -> None:
+    async def pusher(client: ShardClient) -> None:
         for step in queue:
             reply = await client.push(
                 worker="w0",
@@ -41,7 +41,8 @@ async def push_many(client: ShardClient, count: int) -> dict[str, int]:
             )
             statuses[reply.status] = statuses.get(reply.status, 0) + 1
 
-    await asyncio.gather(*(pusher() for _ in range(CONCURRENCY)))
+    # One connection each: CONCURRENCY pushes in flight at the shard at once.
+    await asyncio.gather(*(pusher(client) for client in clients))
     return statuses
 
 
@@ -62,22 +63,28 @@ def test_shard_memory_stays_flat_under_10000_pushes(tmp_path: Path) -> None:
             PSC_HEARTBEAT_LEASE_S="600",
         )
         processes.append(coordinator)
-        shard, shard_url = start("ps_server", tmp_path, "ps0", PSC_COORDINATOR_URL=coord_url)
+        shard, _ = start("ps_server", tmp_path, "ps0", PSC_COORDINATOR_URL=coord_url)
         processes.append(shard)
 
         async def run() -> tuple[int, int, dict[str, int]]:
             async with make_session(30.0, token=TOKEN) as session:
                 for _ in range(100):  # bounded: the shard must have its job first
-                    status, _ = await post_json(
+                    status, reply = await post_json(
                         session, f"{coord_url}/register/worker", {"worker_id": "w0"}
                     )
                     if status == 200:
                         break
                     await asyncio.sleep(0.1)
-                client = ShardClient(session, shard_url, 0)
-                await push_many(client, WARMUP)
+                data_url = reply["shard_data_urls"][0]
+                clients = [
+                    ShardClient(data_url, 0, token=TOKEN, timeout_s=30.0)
+                    for _ in range(CONCURRENCY)
+                ]
+                await push_many(clients, WARMUP)
                 before = resident_kib(shard.pid)
-                statuses = await push_many(client, PUSHES)
+                statuses = await push_many(clients, PUSHES)
+                for client in clients:
+                    client.close()
                 return before, resident_kib(shard.pid), statuses
 
         before, after, statuses = asyncio.run(run())

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from coordinator.metrics import PHASES, CoordinatorMetrics
 from ps_server.metrics import MAX_RANK_LABEL, ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
 from pscluster.service import add_observability
 from pscluster.settings import JobConfig
@@ -41,15 +42,17 @@ async def test_async_metrics_staleness_drops_by_reason_applied_by_rank() -> None
     state, registry = async_state(workers=3, warmup_steps=2, max_staleness=1)
     await state.set_members({"a": 0, "b": 1, "c": 2})
     # Warmup: only rank 0 trains for the first 2 updates.
-    assert (await state.push(worker="b", rank=1, base_version=0, grads=grad(1))).code is (
+    assert (await state.push(Push(worker="b", rank=1, base_version=0, grads=grad(1)))).code is (
         ErrorCode.WARMUP
     )
     for version in range(2):
-        assert (await state.push(worker="a", rank=0, base_version=version, grads=grad(1))).accepted
+        assert (
+            await state.push(Push(worker="a", rank=0, base_version=version, grads=grad(1)))
+        ).accepted
     # Now everyone: staleness 0, 1 (applied), 2 (dropped: over max_staleness = 1).
-    assert (await state.push(worker="b", rank=1, base_version=2, grads=grad(1))).accepted
-    assert (await state.push(worker="c", rank=2, base_version=2, grads=grad(1))).accepted
-    assert (await state.push(worker="b", rank=1, base_version=2, grads=grad(1))).code is (
+    assert (await state.push(Push(worker="b", rank=1, base_version=2, grads=grad(1)))).accepted
+    assert (await state.push(Push(worker="c", rank=2, base_version=2, grads=grad(1)))).accepted
+    assert (await state.push(Push(worker="b", rank=1, base_version=2, grads=grad(1)))).code is (
         ErrorCode.STALE
     )
     assert state.version == 4

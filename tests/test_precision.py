@@ -1,23 +1,21 @@
 """16-bit transfer: what rounding to float16 / bfloat16 costs, and shards that take 16-bit pushes,
-sum them in float32 and serve 16-bit parameters, over HTTP too (large bodies included)."""
+sum them in float32 and serve 16-bit parameters, on the data port too (large frames included)."""
 
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-import ps_server.app
-import pscluster.client
-from ps_server.app import METRICS, SLOT, announce_loop, build_app
+from ps_server.app import DATA_URL, METRICS, PORT, SLOT, announce_loop, build_app
+from ps_server.dataport import DataPort
 from ps_server.metrics import ShardMetrics
 from ps_server.snapshot import Snapshot
 from ps_server.state import ShardState
-from pscluster.client import DIRECT_READ_BYTES, make_session
+from pscluster.messages import Push, Status
 from pscluster.protocol import (
     WIRE_DTYPES,
     ErrorCode,
@@ -27,6 +25,7 @@ from pscluster.protocol import (
     frame_buffers,
     to_wire,
 )
+from pscluster.receive import OWN_BUFFER_BYTES
 from pscluster.service import running_service
 from pscluster.settings import JobConfig, ShardSettings
 from worker.shard_client import ShardClient
@@ -102,7 +101,7 @@ async def test_shard_sums_16_bit_pushes_in_float32(dtype: str) -> None:
     ]
     for rank, grads in enumerate(pushes):
         valid = state.validate_gradients(grads, owned=True)
-        verdict = await state.push(worker=f"w{rank}", rank=rank, base_version=0, grads=valid)
+        verdict = await state.push(Push(worker=f"w{rank}", rank=rank, base_version=0, grads=valid))
         assert verdict.accepted
     assert state.version == 1
     for name in ("w", "b"):
@@ -139,8 +138,9 @@ async def test_fp16_job_refuses_other_16_bit_and_non_finite_pushes() -> None:
 @contextlib.asynccontextmanager
 async def served_shard(
     state_params: dict[str, np.ndarray], **job: object
-) -> AsyncIterator[tuple[str, ShardState]]:
-    """The real shard app on port 0, handed its job directly (no coordinator)."""
+) -> AsyncIterator[tuple[str, ShardState, DataPort]]:
+    """The real shard app on port 0, handed its job directly (no coordinator); its data port's
+    address, state and port."""
     settings = ShardSettings(host="127.0.0.1", port=0, insecure=True)
     config = JobConfig(**{"optimizer": "sgd", "lr": 0.5, "steps": 100, "shards": 1, **job})
 
@@ -151,38 +151,21 @@ async def served_shard(
         app[SLOT].ready.set()
         return app
 
-    async with running_service(factory, settings) as (url, app):
-        yield url, app[SLOT].state
+    async with running_service(factory, settings) as (_, app):
+        yield app[DATA_URL][0], app[SLOT].state, app[PORT]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -> None:
-    # "big" is over DIRECT_READ_BYTES even in 16 bits: pushes and replies take the direct
-    # socket path, and the connection is kept across them.
-    direct_reads = []
-    transports = []
-    handle_push = ps_server.app.handle_push
-
-    async def recorded(request):
-        transports.append(request.transport)
-        return await handle_push(request)
-
-    monkeypatch.setattr(ps_server.app, "handle_push", recorded)
-    read_direct = pscluster.client._read_direct
-
-    async def counted(content, view, transport, protocol) -> None:
-        direct_reads.append(len(view))
-        await read_direct(content, view, transport, protocol)
-
-    monkeypatch.setattr(pscluster.client, "_read_direct", counted)
-    big = DIRECT_READ_BYTES // 2 + 4096
+async def test_16_bit_steps_on_the_data_port_small_and_large(dtype: str) -> None:
+    # "big" is over OWN_BUFFER_BYTES even in 16 bits: pushes and replies are received straight
+    # into buffers of their own, and one connection carries every request.
+    big = OWN_BUFFER_BYTES + 4096
     params = {"small": np.zeros(10, np.float32), "big": np.zeros(big, np.float32)}
-    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, _):
-        session = make_session(30.0)
+    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, _, port):
+        client = ShardClient(url, 0, token=None, timeout_s=30.0, attempts=1)
         try:
-            client = ShardClient(session, url, 0, attempts=1)
             expected = {name: np.zeros_like(p) for name, p in params.items()}
-            for step in range(3):  # several steps: the connection survives direct reads
+            for step in range(3):
                 grads = {
                     "small": to_wire(values(10, step), dtype),
                     "big": to_wire(values(big, step), dtype),
@@ -190,7 +173,7 @@ async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -
                 reply = await client.push(
                     worker="w0", rank=0, step=step, base_version=step, grads=grads
                 )
-                assert reply.status == "applied" and reply.version == step + 1
+                assert reply.status is Status.APPLIED and reply.version == step + 1
                 for name in params:
                     expected[name] -= 0.5 * grads[name].astype(np.float32)
                     assert reply.arrays[name].dtype == WIRE_DTYPES[dtype]
@@ -200,18 +183,15 @@ async def test_16_bit_steps_over_http_small_and_large(dtype: str, monkeypatch) -
             pulled = await client.pull()
             assert pulled.version == 3
             np.testing.assert_array_equal(pulled.arrays["big"], to_wire(expected["big"], dtype))
-            # A push the shard refuses is answered cleanly after a direct read too.
+            # A push the shard refuses is answered cleanly, on the same connection.
             bad = {"small": grads["small"], "big": grads["big"].copy()}
             bad["big"][-1] = np.nan
             refused = await client.push(worker="w0", rank=0, step=3, base_version=3, grads=bad)
-            assert refused.status == ErrorCode.NOT_FINITE.value
+            assert refused.status is ErrorCode.NOT_FINITE
             assert (await client.pull()).version == 3
-            # 4 pushes, 3 push replies (the refusal has no parameters) and 2 pulls, all direct.
-            assert len(direct_reads) == 9
-            # One connection for all four pushes: the shard's parser was reset after each body.
-            assert len(transports) == 4 and len({id(t) for t in transports}) == 1
+            assert len(port.connections) == 1
         finally:
-            await session.close()
+            client.close()
 
 
 def test_frames_of_16_bit_arrays_stay_aligned() -> None:
@@ -224,33 +204,22 @@ def test_frames_of_16_bit_arrays_stay_aligned() -> None:
         np.testing.assert_array_equal(decoded.arrays[name], array)
 
 
-async def test_a_parser_that_cannot_be_rebuilt_closes_the_connection_instead() -> None:
-    """If aiohttp's internals change, a server connection after a direct read is closed after
-    its reply (the client reconnects) rather than parsed with a parser that is off by a body."""
-    closed = []
-    handler = types.SimpleNamespace(_manager=None, force_close=lambda: closed.append(True))
-    # A stand-in with only what the fallback touches, not a RequestHandler.
-    pscluster.client._reset_request_parser(handler)  # type: ignore[arg-type]
-    assert closed == [True]
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 async def test_replies_give_their_frame_back_so_updates_run_in_place(dtype: str) -> None:
-    """Over HTTP, once a reply is sent nothing holds its frame: each next update writes the
-    same buffer in place instead of a new one (and float32 parameters live in it)."""
-    big = DIRECT_READ_BYTES // 2 + 4096
+    """Once a reply is sent nothing holds its frame: each next update writes the same buffer in
+    place instead of a new one (and float32 parameters live in it)."""
+    big = OWN_BUFFER_BYTES + 4096
     params = {"big": np.zeros(big, np.float32), "small": np.zeros(10, np.float32)}
-    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, state):
-        session = make_session(30.0)
+    async with served_shard(params, workers=1, wire_dtype=dtype) as (url, state, _):
+        client = ShardClient(url, 0, token=None, timeout_s=30.0, attempts=1)
         try:
-            client = ShardClient(session, url, 0, attempts=1)
             addresses = []
             for step in range(5):
                 grads = {name: to_wire(values(p.size, step), dtype) for name, p in params.items()}
                 reply = await client.push(
                     worker="w0", rank=0, step=step, base_version=step, grads=grads
                 )
-                assert reply.status == "applied" and reply.version == step + 1
+                assert reply.status is Status.APPLIED and reply.version == step + 1
                 del reply
                 frame = await state.encoded_params()
                 addresses.append(np.frombuffer(frame.buffers[1], np.uint8).ctypes.data)
@@ -260,4 +229,4 @@ async def test_replies_give_their_frame_back_so_updates_run_in_place(dtype: str)
                 del frame
             assert len(set(addresses)) == 1
         finally:
-            await session.close()
+            client.close()

@@ -260,9 +260,12 @@ def test_dashboard_queries_run_on_exported_metrics(stack: Stack) -> None:
         stack.query(expr)  # valid PromQL: status success
         used = set(re.findall(r"\b(?:coordinator|ps|worker|http|process)_[a-z_]+\b", expr))
         assert used and used <= names, f"{expr}: {sorted(used - names)} not exported"
-    # A request is counted by endpoint and status code.
-    codes = stack.values('sum by (code) (http_requests_total{job="ps", endpoint="/push"})', "code")
+    # An HTTP request is counted by endpoint and status code; a data-port request by kind and
+    # status.
+    codes = stack.values('sum by (code) (http_requests_total{job="ps", endpoint="/state"})', "code")
     assert codes.get("200", 0) > 0
+    pushes = stack.values('sum by (status) (ps_data_requests_total{kind="push"})', "status")
+    assert pushes.get("applied", 0) > 0
 
 
 def test_held_out_accuracy_above_half(stack: Stack) -> None:

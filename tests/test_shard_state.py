@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.protocol import ErrorCode, ProtocolError
 from pscluster.settings import JobConfig
 
@@ -25,21 +26,21 @@ def grad(value: float) -> dict[str, np.ndarray]:
 
 async def test_sync_step_averages_n_gradients() -> None:
     state = make_state(workers=2)
-    first = await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    first = await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
     assert first.accepted and state.version == 0  # one of two: still gathering
-    second = await state.push(worker="b", rank=1, base_version=0, grads=grad(3.0))
+    second = await state.push(Push(worker="b", rank=1, base_version=0, grads=grad(3.0)))
     assert second.accepted and state.version == 1
     np.testing.assert_allclose(state.params["w"], -0.5 * 2.0)  # lr * mean(1, 3)
 
 
 async def test_sync_late_and_duplicate_are_refused_and_change_nothing() -> None:
     state = make_state(workers=2)
-    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
-    dup = await state.push(worker="a", rank=0, base_version=0, grads=grad(100.0))
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    dup = await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(100.0)))
     assert dup.code is ErrorCode.DUPLICATE
-    await state.push(worker="b", rank=1, base_version=0, grads=grad(1.0))
+    await state.push(Push(worker="b", rank=1, base_version=0, grads=grad(1.0)))
     before = state.params["w"].copy()
-    late = await state.push(worker="c", rank=2, base_version=0, grads=grad(100.0))
+    late = await state.push(Push(worker="c", rank=2, base_version=0, grads=grad(100.0)))
     assert late.code is ErrorCode.LATE
     np.testing.assert_array_equal(state.params["w"], before)
     assert state.metrics.tally_dropped["late"] == 1
@@ -50,14 +51,14 @@ async def test_sync_late_and_duplicate_are_refused_and_change_nothing() -> None:
 async def test_fewer_live_workers_complete_the_step() -> None:
     state = make_state(workers=3)
     await state.set_members({"a": 0, "b": 1, "c": 2})
-    await state.push(worker="a", rank=0, base_version=0, grads=grad(2.0))
-    await state.push(worker="b", rank=1, base_version=0, grads=grad(4.0))
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(2.0)))
+    await state.push(Push(worker="b", rank=1, base_version=0, grads=grad(4.0)))
     assert state.version == 0
     # c dies: the coordinator's new membership completes the step with the two it has.
     await state.set_members({"a": 0, "b": 1})
     assert state.version == 1
     np.testing.assert_allclose(state.params["b"], -0.5 * 3.0)
-    unknown = await state.push(worker="c", rank=2, base_version=1, grads=grad(1.0))
+    unknown = await state.push(Push(worker="c", rank=2, base_version=1, grads=grad(1.0)))
     assert unknown.code is ErrorCode.UNKNOWN_WORKER
 
 
@@ -66,7 +67,7 @@ async def test_long_poll_wakes_on_the_next_version() -> None:
     waiter = asyncio.create_task(state.wait_for_version(0, 5.0))
     await asyncio.sleep(0.01)  # a bounded wait that shows the waiter is *not* woken early
     assert not waiter.done()
-    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
     await asyncio.wait_for(waiter, 1.0)
     assert state.version == 1
 
@@ -81,7 +82,7 @@ async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_
     first = await state.encoded_params()
     assert np.shares_memory(payload(first), payload(await state.encoded_params()))  # encoded once
     # A reply still holds version 0: version 1 is written elsewhere and version 0 stays intact.
-    await state.push(worker="a", rank=0, base_version=0, grads=grad(1.0))
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
     second = await state.encoded_params()
     assert not np.shares_memory(payload(first), payload(second))
     old, new = decode_frame(first.tobytes()), decode_frame(second.tobytes())
@@ -91,7 +92,7 @@ async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_
     # Once nobody holds version 1's frame, the next update runs in it, in place.
     params_before = state.params["w"]
     del first, second
-    await state.push(worker="a", rank=0, base_version=1, grads=grad(1.0))
+    await state.push(Push(worker="a", rank=0, base_version=1, grads=grad(1.0)))
     assert state.params["w"] is params_before
     np.testing.assert_array_equal(state.params["w"], -1.0)
     third = await state.encoded_params()
@@ -125,9 +126,9 @@ def test_validation_refuses_bad_gradients() -> None:
 async def test_async_applies_lr_times_scale_times_g() -> None:
     state = make_state(mode="async", staleness_policy="inverse", workers=4)
     for _ in range(4):  # advance to version 4 with zero gradients
-        await state.push(worker="a", rank=0, base_version=state.version, grads=grad(0.0))
+        await state.push(Push(worker="a", rank=0, base_version=state.version, grads=grad(0.0)))
     before = state.params["w"].copy()
-    verdict = await state.push(worker="b", rank=1, base_version=0, grads=grad(2.0))
+    verdict = await state.push(Push(worker="b", rank=1, base_version=0, grads=grad(2.0)))
     assert verdict.staleness == 4 and verdict.scale == 0.25
     np.testing.assert_allclose(state.params["w"], before - 0.5 * 0.25 * 2.0)
 
@@ -149,7 +150,9 @@ async def test_a_pull_during_an_update_never_sees_half_of_it(monkeypatch) -> Non
             resume.wait(5)
 
     state.optimizer.update_block = slow_update
-    push = asyncio.create_task(state.push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    push = asyncio.create_task(
+        state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    )
     assert await asyncio.to_thread(halfway.wait, 5)
     snapshot = asyncio.create_task(state.encoded_params())
     await asyncio.sleep(0.05)  # a bounded wait that shows the snapshot does *not* come early

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
+from pscluster.messages import Push
 from pscluster.settings import JobConfig
 
 
@@ -19,7 +20,9 @@ def make_state(bound: int) -> ShardState:
 async def step(state: ShardState, worker: str) -> bool:
     """One push from ``worker`` and whether it may start its next step at once."""
     verdict = await state.push(
-        worker=worker, rank=int(worker[1:]), base_version=state.version, grads={"w": np.ones(2)}
+        Push(
+            worker=worker, rank=int(worker[1:]), base_version=state.version, grads={"w": np.ones(2)}
+        )
     )
     assert verdict.accepted
     return await state.wait_for_start(worker, timeout_s=0.0)

@@ -106,8 +106,8 @@ class WorkerService:
                 self.settings.check_job(registration.job)
                 log.info("registered as rank %d of %d", registration.rank, registration.world)
                 clients = [
-                    ShardClient(session, url, index)
-                    for index, url in enumerate(registration.shard_urls)
+                    ShardClient(url, index, token=token, timeout_s=self.settings.request_timeout_s)
+                    for index, url in enumerate(registration.shard_data_urls)
                     if url is not None
                 ]
                 trainer = Trainer(
@@ -118,6 +118,8 @@ class WorkerService:
                     self.steps = await trainer.run()
                 finally:
                     heartbeats.cancel()
+                    for client in clients:
+                        client.close()
                 log.info("job done after %d steps of this worker", self.steps)
             except asyncio.CancelledError:
                 raise

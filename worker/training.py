@@ -18,6 +18,7 @@ from pscluster.backend import get_xp, to_device, to_numpy
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
+from pscluster.messages import ReplyStatus, Status
 from pscluster.models import build_model, is_torch
 from pscluster.protocol import ErrorCode, to_wire
 from pscluster.sampling import batch_indices
@@ -31,17 +32,22 @@ from worker.stragglers import sample_delay
 log = logging.getLogger(__name__)
 
 # Shard answers that are part of normal training; anything else is a bug on one side.
-EXPECTED = {
-    "applied",
-    "ok",
-    ErrorCode.LATE.value,
-    ErrorCode.DUPLICATE.value,
-    ErrorCode.STALE.value,
-    ErrorCode.WARMUP.value,
-    ErrorCode.DONE.value,
-    ErrorCode.UNKNOWN_WORKER.value,
-    ErrorCode.FUTURE_VERSION.value,  # the shard restarted from an older checkpoint: rewind
-}
+EXPECTED: frozenset[ReplyStatus] = frozenset(
+    {
+        Status.APPLIED,
+        Status.OK,
+        ErrorCode.LATE,
+        ErrorCode.DUPLICATE,
+        ErrorCode.STALE,
+        ErrorCode.WARMUP,
+        ErrorCode.DONE,
+        ErrorCode.UNKNOWN_WORKER,
+        ErrorCode.FUTURE_VERSION,  # the shard restarted from an older checkpoint: rewind
+    }
+)
+# A batch or a model smaller than this is gathered and computed on the event loop: the hop to a
+# thread and back costs more than the work (tens of microseconds against a few).
+OFFLOAD_BYTES = 1 << 20
 LONG_POLL_S = PULL_LONG_POLL_S
 WARMUP_POLLS = 6  # a minute of long-polls before a waiting worker checks in with a push
 GATE_POLLS = 60  # ssp: ten minutes of long-polls at a closed gate, then the step goes on
@@ -100,6 +106,12 @@ class Trainer:
         self.full = allocate_full(self.model.parameter_shapes())
         self.shards = [ShardView(client) for client in clients]
         self.delay_rng = np.random.default_rng([self.job.seed, 7919, registration.rank])
+        # Threads only for work that outweighs the hop: a large model or a large batch.
+        model_bytes = sum(
+            4 * int(np.prod(shape)) for shape in self.model.parameter_shapes().values()
+        )
+        batch_bytes = self.job.batch_size * self.data.x_train[:1].nbytes
+        self._offload = max(model_bytes, batch_bytes) >= OFFLOAD_BYTES
 
     # --- parameters ---------------------------------------------------------------------------
 
@@ -129,6 +141,16 @@ class Trainer:
         self.metrics.observe_phase("pull", time.perf_counter() - started)
 
     # --- one step -----------------------------------------------------------------------------
+
+    def _prefetch(self, step: int) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
+        """The batch of ``step``: on a thread when large, else made now."""
+        if self._offload:
+            return asyncio.ensure_future(asyncio.to_thread(self._batch, step))
+        batch: asyncio.Future[tuple[np.ndarray, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        batch.set_result(self._batch(step))
+        return batch
 
     def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         indices = batch_indices(
@@ -178,17 +200,17 @@ class Trainer:
             self.metrics.observe_push(reply.status)
             waited = max(waited, reply.waited_s)
             self._absorb(index, reply)
-            if reply.status == ErrorCode.DUPLICATE.value:
+            if reply.status is ErrorCode.DUPLICATE:
                 # Our earlier try was counted but its reply lost: fetch the step's result.
                 self._absorb(
                     index, await shard.client.pull(after=shard.version, wait_s=LONG_POLL_S)
                 )
-            elif reply.status == ErrorCode.WARMUP.value:
+            elif reply.status is ErrorCode.WARMUP:
                 # Another rank leads the warmup: wait for it to end (one bounded long-poll, so
                 # that if the leader dies this worker comes back and may lead in its place).
                 after = self.job.warmup_steps - 1
                 self._absorb(index, await shard.client.pull(after=after, wait_s=LONG_POLL_S))
-            elif reply.status == ErrorCode.UNKNOWN_WORKER.value:
+            elif reply.status is ErrorCode.UNKNOWN_WORKER:
                 # Not a member (yet): the heartbeat re-registers us; do not spin meanwhile.
                 await asyncio.sleep(UNKNOWN_WORKER_PAUSE_S)
             for _ in range(GATE_POLLS):
@@ -215,15 +237,19 @@ class Trainer:
         # after which its pushes learn from the shards whether warmup is still on.
         await self.pull_all(at_least=warmup, max_polls=WARMUP_POLLS)
         step = 0
-        next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step))
+        next_batch = self._prefetch(step)
         while not all(shard.done for shard in self.shards):
             maybe_kill(self.settings, step)
             step_started = time.perf_counter()
             x, y = await next_batch
-            # Gather the next batch on a thread while this one computes and its push waits.
-            next_batch = asyncio.create_task(asyncio.to_thread(self._batch, step + 1))
+            # Gather the next batch (on a thread, when large) while this one computes and its
+            # push waits.
+            next_batch = self._prefetch(step + 1)
             started = time.perf_counter()
-            loss, grads = await asyncio.to_thread(self._compute, x, y)
+            if self._offload:
+                loss, grads = await asyncio.to_thread(self._compute, x, y)
+            else:
+                loss, grads = self._compute(x, y)
             self.metrics.observe_phase("compute", time.perf_counter() - started)
             delay = sample_delay(
                 self.settings.delay,

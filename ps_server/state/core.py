@@ -27,6 +27,12 @@ T = TypeVar("T")
 OFFLOAD_ELEMENTS = 1 << 21
 
 
+def wake(waiter: asyncio.Future[None]) -> None:
+    """Resolve a waiter unless it is done already (timed out, or woken)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class OwnedGradients(dict[str, np.ndarray]):
     """Validated gradients that the shard may keep and overwrite: views of a request body that
     nothing else refers to. The first of a step becomes the running sum without a copy."""
@@ -67,7 +73,8 @@ class ShardCore:
         self._summed = False
         self._round_started = 0.0
         self._lock = asyncio.Lock()
-        self._version_changed = asyncio.Event()
+        # Long-polls and held sync replies waiting for the next version (see reads).
+        self._version_waiters: list[asyncio.Future[None]] = []
         # The current version's reply frame (None: not made yet, or being overwritten).
         self._snapshot: Snapshot | None = None
         self._sizes = {key: p.size for key, p in params.items()}
@@ -96,6 +103,11 @@ class ShardCore:
         wire = self.job.wire_dtype.value
         return Snapshot(self._header(version), self.params, None if wire == "float32" else wire)
 
+    def _wake_version_waiters(self) -> None:
+        waiters, self._version_waiters = self._version_waiters, []
+        for waiter in waiters:
+            wake(waiter)
+
     async def _locked(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` under the lock, to its end even if the caller is cancelled.
 
@@ -113,9 +125,14 @@ class ShardCore:
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
 
+    @property
+    def _inline(self) -> bool:
+        """Whether the array math runs on the event loop (small arrays), never suspending."""
+        return self._elements < OFFLOAD_ELEMENTS
+
     async def _math(self, work: Callable[[], object]) -> None:
         """Run array math inline when small, on a thread when large (NumPy releases the GIL)."""
-        if self._elements < OFFLOAD_ELEMENTS:
+        if self._inline:
             work()
         else:
             await asyncio.to_thread(work)

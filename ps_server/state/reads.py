@@ -4,55 +4,70 @@ and lent to each caller; long-polls waiting for a newer version; the status summ
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Mapping
 from typing import Any
 
-from ps_server.state.core import ShardCore
-from pscluster.protocol import EncodedFrame, encode_frame
+from ps_server.state.core import ShardCore, wake
+from pscluster.messages import Reply
+from pscluster.protocol import EncodedFrame, frame_buffers
 
 
 class Reads(ShardCore):
-    async def encoded_params(self) -> EncodedFrame:
+    async def encoded_params(self, fields: Mapping[str, Any] | None = None) -> EncodedFrame:
         """The parameters of the current version as a frame, encoded once per version and lent
-        to each caller (see ``Snapshot``): hold it only as long as it is being sent."""
+        to each caller (see ``Snapshot``), under the version's header plus ``fields``: hold it
+        only as long as it is being sent."""
         snapshot = self._snapshot
         if snapshot is not None:
             # Checked and lent in one go, with no await between: an update that overwrites the
             # frame in place first takes it away from here, and only when nobody holds it.
-            return snapshot.lend()
+            return snapshot.lend(fields)
         # Made under the lock, between two updates: one made while an update runs on a thread
         # would mix two versions.
-        return await self._locked(self._encode_current)
+        return await self._locked(lambda: self._encode_current(fields))
 
-    async def _encode_current(self) -> EncodedFrame:
+    async def _encode_current(self, fields: Mapping[str, Any] | None) -> EncodedFrame:
         # Every update writes its version's frame as it goes; this is for the versions no update
         # made here (the first, one restored from a checkpoint).
         if self._snapshot is None:
             snapshot = self._new_snapshot(self.version)
             await self._math(lambda: snapshot.fill(self.params))
             self._snapshot = snapshot
-        return self._snapshot.lend()
+        return self._snapshot.lend(fields)
 
-    def status_frame(self) -> bytes:
-        return encode_frame({"version": self.version, "done": self.done, "shard": self.index})
+    async def reply_frame(self, reply: Reply, *, with_params: bool) -> EncodedFrame:
+        """A reply's frame: with the parameters, their version's (whose version and done win
+        over the reply's), else the header alone."""
+        if with_params:
+            return await self.encoded_params(reply.fields())
+        return frame_buffers({**reply.fields(), "shard": self.index})
 
     async def wait_for_version(self, after: int, timeout_s: float) -> None:
-        """Return once version > after (or the job is done), or after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
+        """Return once version > after (or the job is done), or after ``timeout_s``.
+
+        A future woken by the update and a timer, not ``asyncio.wait_for`` on an event: that
+        makes a task per wait (Python 3.11), and every held sync reply waits here.
+        """
+        if self.version > after or self.done or self.stopping or timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while self.version <= after and not self.done and not self.stopping:
-            event = self._version_changed
-            remaining = deadline - time.monotonic()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._version_waiters.append(waiter)
+            timer = loop.call_later(remaining, wake, waiter)
             try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                return
+                await waiter
+            finally:
+                timer.cancel()
 
     def release_waiters(self) -> None:
         """On shutdown: answer every held pull and push now, with the current version."""
         self.stopping = True
-        self._version_changed.set()
+        self._wake_version_waiters()
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from ps_server.rules import Verdict, judge_async_push, judge_sync_push
 from ps_server.state.checkpoints import Checkpoints
 from ps_server.state.clocks import SspClocks
 from ps_server.state.gathering import SyncGathering
 from ps_server.state.reads import Reads
 from ps_server.state.validation import Validation
+from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
 from pscluster.settings import Mode
 
@@ -45,16 +44,18 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
         """ssp: whether this push moved the worker's clock (so its reply waits at the gate)."""
         return self.job.mode is Mode.SSP and verdict.code not in NOT_A_STEP
 
-    async def push(
-        self, *, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
-    ) -> Verdict:
-        """Judge and apply one validated gradient push."""
+    async def push(self, message: Push) -> Verdict:
+        """Judge and apply one push whose gradients are validated (``validate_gradients``)."""
         self.metrics.count_received()
-        return await self._locked(lambda: self._push(worker, rank, base_version, grads))
+        if self._inline:
+            # Small arrays: the math runs inline, so once the lock is held nothing in the work
+            # suspends and a cancelled caller cannot leave it half done; no task of its own.
+            async with self._lock:
+                return await self._push(message)
+        return await self._locked(lambda: self._push(message))
 
-    async def _push(
-        self, worker: str, rank: int, base_version: int, grads: Mapping[str, np.ndarray]
-    ) -> Verdict:
+    async def _push(self, message: Push) -> Verdict:
+        worker, rank, base_version = message.worker, message.rank, message.base_version
         if self.members is not None and worker not in self.members:
             verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
         else:
@@ -73,9 +74,9 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
             return verdict
         self.metrics.count_applied(rank)
         if self.job.mode is Mode.SYNC:
-            await self._gather(worker, rank, grads)
+            await self._gather(worker, rank, message.grads)
         else:
-            await self._apply_async(verdict.scale, grads)
+            await self._apply_async(verdict.scale, message.grads)
         return verdict
 
     def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:

@@ -4,7 +4,6 @@ is applied this way at once, as its own version."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import numpy as np
@@ -63,9 +62,8 @@ class Updates(ShardCore):
         every = self.job.checkpoint_every
         if every and self.version % every == 0:
             self.checkpoint_due.set()
-        # Wake every long-poll waiting on the old version; new waiters get a fresh event.
-        self._version_changed.set()
-        self._version_changed = asyncio.Event()
+        # Wake every long-poll waiting on the old version.
+        self._wake_version_waiters()
 
     async def _apply_async(self, scale: float, grads: Mapping[str, np.ndarray]) -> None:
         """One accepted async gradient, applied at once as its own version."""

@@ -15,6 +15,13 @@ class ShardSettings(ServiceSettings):
     """One parameter-server shard."""
 
     port: int = Field(0, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    data_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the data plane (pushes and pulls on persistent connections); 0 "
+        "picks a free one.",
+    )
     coordinator_url: str = Field(
         "http://127.0.0.1:7000", description="Where the coordinator listens."
     )
