@@ -7,15 +7,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from coordinator.membership import may_announce_membership, members_by_rank
 from coordinator.metrics import METRICS
+from coordinator.sparse_eval import HeldOutRows, score
 from coordinator.state import COORDINATOR
 from pscluster.client import get_json, make_session, post_json
 from pscluster.faults import maybe_kill
+from pscluster.models.sparse import is_sparse
 from pscluster.protocol import ProtocolError, decode_frame
 from pscluster.receive import read_frame_body
 from pscluster.service import background
@@ -92,9 +95,15 @@ async def evaluate(app: web.Application) -> None:
         *(pull(i, url) for i, url in enumerate(coordinator.shard_urls) if url)
     )
     data = coordinator.dataset
-    loss, accuracy = await asyncio.to_thread(
-        coordinator.model.evaluate, full, data.x_test, data.y_test
-    )
+    params: dict[str, Any] = dict(full)
+    if is_sparse(coordinator.model):
+        if coordinator.held_out_rows is None:
+            coordinator.held_out_rows = HeldOutRows(
+                coordinator.model, data.x_test, coordinator.job.shards
+            )
+        params.update(await coordinator.held_out_rows.fetch(session, coordinator.shard_urls))
+    scores = await asyncio.to_thread(score, coordinator.model, params, data.x_test, data.y_test)
+    loss, accuracy = scores["loss"], scores["accuracy"]
     step = min(versions)
     seconds = time.time() - (coordinator.training_started or time.time())
     coordinator.history.append(
@@ -103,6 +112,7 @@ async def evaluate(app: web.Application) -> None:
             "seconds": round(seconds, 4),
             "loss": float(loss),
             "accuracy": float(accuracy),
+            **({"auc": scores["auc"]} if "auc" in scores else {}),
         }
     )
     coordinator.last_eval_step = step

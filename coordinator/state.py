@@ -13,10 +13,12 @@ import aiohttp
 from aiohttp import web
 
 from coordinator.membership import WorkerRecord, assign_rank, expired_workers
+from coordinator.sparse_eval import HeldOutRows
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.initial import initial_frame
 from pscluster.jobspec import Registration
 from pscluster.models import Model, build_model
+from pscluster.models.sparse import is_sparse
 from pscluster.protocol import ErrorCode, ProtocolError
 from pscluster.settings import CoordinatorSettings, Mode
 from pscluster.settings.job import divergence_warnings
@@ -48,6 +50,8 @@ class Coordinator:
             self.dataset.n_classes,
             self.job.hidden_sizes,
         )
+        # A sparse model's held-out rows: which ids on which shard (coordinator/sparse_eval.py).
+        self.held_out_rows: HeldOutRows | None = None
         self.shapes = self.model.parameter_shapes()
         self.shard_map = compute_shard_map(self.shapes, self.job.shards)
         # Drawn once, here, before any request: the shards' initial values (GET /initial/<i>,
@@ -81,6 +85,7 @@ class Coordinator:
     # --- registration -------------------------------------------------------------------------
 
     def registration(self, rank: int = -1, worker_id: str = "") -> Registration:
+        tables = self.model.tables() if is_sparse(self.model) else {}
         return Registration(
             job=self.job,
             n_features=self.dataset.n_features,
@@ -90,6 +95,7 @@ class Coordinator:
             shard_data_urls=list(self.shard_data_urls),
             rank=rank,
             worker_id=worker_id,
+            tables=tuple(tables.values()),
         )
 
     def register_shard(
@@ -200,6 +206,8 @@ class Coordinator:
             else 0.0,
             "loss": latest.get("loss"),
             "accuracy": latest.get("accuracy"),
+            "auc": latest.get("auc"),
+            "oracle_auc": self.dataset.oracle_auc,
             "gradients": {
                 "received": sum(s.get("received", 0) for s in self.shard_states),
                 "applied": sum(s.get("applied", 0) for s in self.shard_states),

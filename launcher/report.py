@@ -29,6 +29,10 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
     return {
         "accuracy": status.get("accuracy"),
         "loss": status.get("loss"),
+        # clicks: held-out AUC and the hidden model's own (the best achievable)
+        "auc": status.get("auc"),
+        "oracle_auc": status.get("oracle_auc"),
+        "tables": table_summary(status.get("shards", [])),
         "steps": steps,
         "seconds": round(seconds, 3),
         "step_seconds": seconds / steps if steps else None,
@@ -60,6 +64,18 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
             (s.get("max_gather_seconds", 0.0) for s in status.get("shards", [])), default=None
         ),
     }
+
+
+def table_summary(shards: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Sparse tables: each table's rows, rows admitted and evicted, gradient rows dropped,
+    summed over the shards (each shard's own are in ``shards``)."""
+    totals: dict[str, dict[str, int]] = {}
+    for shard in shards:
+        for name, counts in shard.get("tables", {}).items():
+            table = totals.setdefault(name, {})
+            for key, value in counts.items():
+                table[key] = table.get(key, 0) + int(value)
+    return totals
 
 
 def _max(shards: list[dict[str, Any]], key: str) -> Any:
@@ -103,6 +119,22 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "-",
         ),
         ("loss (held-out)", f"{summary['loss']:.4f}" if summary["loss"] is not None else "-"),
+        *(
+            (
+                ("auc (held-out)", f"{summary['auc']:.4f}"),
+                ("oracle auc", f"{summary['oracle_auc']:.4f}"),
+            )
+            if summary.get("auc") is not None and summary.get("oracle_auc") is not None
+            else ()
+        ),
+        *(
+            (
+                f"table {name}: rows",
+                f"{t['rows']} ({t['admitted']} admitted, "
+                f"{t['evicted_expired'] + t['evicted_capacity']} evicted)",
+            )
+            for name, t in summary.get("tables", {}).items()
+        ),
         ("steps", str(summary["steps"])),
         ("seconds", f"{summary['seconds']:.2f}"),
         ("seconds per step", _fmt(summary["step_seconds"])),

@@ -16,13 +16,16 @@ from ps_server.checkpoint import CheckpointStore
 from ps_server.dataplane import Answer, DataPlane, ShardSlot
 from ps_server.dataport import DataPort
 from ps_server.metrics import DataMetrics, ShardMetrics
+from ps_server.sparse.metrics import register_sparse_metrics
+from ps_server.sparse.setup import build_tables
+from ps_server.sparse.tables import ShardTables
 from ps_server.state import ShardState
 from pscluster.client import make_session, post_json
 from pscluster.initial import fetch_initial
 from pscluster.jobspec import Registration
 from pscluster.jsonbody import parse_json_object
-from pscluster.messages import Pull, Push
-from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame
+from pscluster.messages import Pull, Push, Reply, Status
+from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, decode_frame, frame_buffers
 from pscluster.receive import read_body, read_frame_body
 from pscluster.service import add_auth, add_observability, background
 from pscluster.settings import ShardSettings
@@ -78,6 +81,27 @@ async def handle_params(request: web.Request) -> web.StreamResponse:
     return await send_answer(request, answer)
 
 
+async def handle_rows(request: web.Request) -> web.StreamResponse:
+    """Rows by id, without training (the coordinator's evaluation): the body names the ids
+    (``@t/want``), the reply carries their rows as of the current version."""
+    plane = request.app[PLANE]
+    try:
+        state = plane.state()
+        body = await read_frame_body(request.content, request.content_length, plane.max_body_bytes)
+        rows = state.rows_reply(state.parse_sparse(decode_frame(body).arrays).wants)
+    except ProtocolError as exc:
+        return await send_answer(request, plane.refusal(exc))
+    reply = Reply(Status.OK, state.version, state.done)
+    frame = frame_buffers({**reply.fields(), "shard": state.index}, rows)
+    state.metrics.bytes_sent.inc(frame.nbytes)
+    return await send_answer(request, Answer(frame))
+
+
+def _tables(app: web.Application) -> ShardTables | None:
+    state = app[SLOT].state
+    return None if state is None else state.tables
+
+
 async def handle_state(request: web.Request) -> web.Response:
     state = request.app[SLOT].state
     if state is None:
@@ -127,6 +151,7 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                     parts = registration.shard_map[index]
                     params = await fetch_initial(session, settings.coordinator_url, parts, index)
                     state = ShardState(registration.job, settings.shard_index, params, app[METRICS])
+                    state.tables = build_tables(registration, index)
                     restore_newest(state, settings)
                     slot.state = state
                     slot.ready.set()
@@ -213,6 +238,7 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     registry = CollectorRegistry()
     app[SETTINGS] = settings
     app[METRICS] = ShardMetrics(registry)
+    register_sparse_metrics(registry, lambda: _tables(app), settings.shard_index)
     app[SLOT] = ShardSlot()
     app[URL] = url
     slot = app[SLOT]
@@ -225,6 +251,7 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     )
     app.router.add_post("/push", handle_push)
     app.router.add_get("/params", handle_params)
+    app.router.add_post("/rows", handle_rows)
     app.router.add_get("/state", handle_state)
     app.router.add_post("/membership", handle_membership)
     # Stopped in reverse: the announcements, the data port, then the final checkpoint.

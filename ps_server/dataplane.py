@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 from ps_server.metrics import ShardMetrics
+from ps_server.sparse.tables import dense_part
 from ps_server.state import OFFLOAD_ELEMENTS, ShardState
 from pscluster.faults import maybe_kill
 from pscluster.messages import Pull, Push, Refusal, Reply, ReplyStatus, Status
@@ -84,14 +85,17 @@ class DataPlane:
                 )
             # The body's buffer is this message's alone: the shard may keep the gradients as
             # they are. The finiteness check reads every byte: off the event loop when large.
+            # Sparse tables: row gradients and the next batch's ids, checked apart.
+            sparse = state.parse_sparse(message.grads)
+            dense = message.grads if state.tables is None else dense_part(message.grads)
             if nbytes >= 4 * OFFLOAD_ELEMENTS:
-                grads = await asyncio.to_thread(state.validate_gradients, message.grads, owned=True)
+                grads = await asyncio.to_thread(state.validate_gradients, dense, owned=True)
             else:
-                grads = state.validate_gradients(message.grads, owned=True)
+                grads = state.validate_gradients(dense, owned=True)
         except ProtocolError as exc:
             return self.refusal(exc)
         message = message.with_grads(grads)
-        verdict = await state.push(message)
+        verdict = await state.push(message, sparse)
         gate_open = True
         started = time.perf_counter()
         if state.counts_as_step(verdict):
@@ -107,7 +111,7 @@ class DataPlane:
         # in the step; it long-polls for the result). A future_version reply means the shard
         # restarted from a checkpoint older than what the worker saw: the worker rewinds.
         with_params = message.want_params and verdict.code is not ErrorCode.DUPLICATE
-        frame = await state.reply_frame(reply, with_params=with_params)
+        frame = await state.reply_frame(reply, with_params=with_params, wants=sparse.wants)
         self.metrics.bytes_sent.inc(frame.nbytes)
         http_status = ACCEPTED_HTTP if verdict.accepted else VERDICT_REFUSED_HTTP
         return Answer(frame, http_status, status)
@@ -117,6 +121,7 @@ class DataPlane:
         or in ssp mode with ``gate_for`` until that worker's gate opens."""
         try:
             state = self.state()
+            wants = state.parse_sparse(message.arrays).wants
         except ProtocolError as exc:
             return self.refusal(exc)
         wait_s = min(MAX_PULL_WAIT_S, message.wait_s)
@@ -133,6 +138,6 @@ class DataPlane:
             waited_s=time.perf_counter() - started,
             gate_open=gate_open,
         )
-        frame = await state.reply_frame(reply, with_params=True)
+        frame = await state.reply_frame(reply, with_params=True, wants=wants)
         self.metrics.bytes_sent.inc(frame.nbytes)
         return Answer(frame)

@@ -16,14 +16,17 @@ from importlib import resources
 
 import numpy as np
 
-DATASETS = ("digits", "synthetic")
+from pscluster.clicks import ClickLog
+
+DATASETS = ("digits", "synthetic", "clicks")
 
 _DIGITS_MAX_PIXEL = 16.0
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarray fields with == is ambiguous
 class Dataset:
-    """A train/test split. Features float32 [n, n_features], labels int64 in [0, n_classes)."""
+    """A train/test split. Features float32 [n, n_features] (clicks: int64 ids), labels int64
+    in [0, n_classes)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -32,6 +35,23 @@ class Dataset:
     n_features: int
     n_classes: int
     name: str
+    # clicks: the training impressions are computed per batch, not held (x_train is empty).
+    log: ClickLog | None = None
+
+    @property
+    def n_train(self) -> int:
+        return self.log.n_train if self.log is not None else len(self.y_train)
+
+    def train_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the training examples ``indices``."""
+        if self.log is not None:
+            return self.log.train_batch(indices)
+        return self.x_train[indices], self.y_train[indices]
+
+    @property
+    def oracle_auc(self) -> float | None:
+        """clicks: the hidden model's AUC on the held-out set (the best achievable)."""
+        return self.log.oracle_auc if self.log is not None else None
 
 
 def load_dataset(
@@ -42,13 +62,17 @@ def load_dataset(
     synthetic_samples: int = 10000,
     synthetic_features: int = 32,
     synthetic_classes: int = 10,
+    held_out: bool = True,
 ) -> Dataset:
     """The dataset ``name`` with a stratified train/test split drawn from ``seed``.
 
-    The ``synthetic_*`` arguments apply to "synthetic" only.
+    The ``synthetic_*`` arguments apply to "synthetic" only. ``held_out=False`` (a worker's):
+    the held-out set may be left empty where making it costs (clicks computes it).
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if name == "clicks":
+        return _clicks(seed, held_out)
     if name == "digits":
         x, y = _load_digits()
         n_classes = 10
@@ -64,6 +88,17 @@ def load_dataset(
     for part in parts:
         part.setflags(write=False)
     return Dataset(*parts, n_features=x.shape[1], n_classes=n_classes, name=name)
+
+
+def _clicks(seed: int, held_out: bool) -> Dataset:
+    log = ClickLog(seed)
+    n_fields = len(log.fields)
+    empty = np.zeros((0, n_fields), dtype=np.int64)
+    x_test, y_test = log.test_set() if held_out else (empty, empty[:, 0])
+    for part in (x_test, y_test):
+        part.setflags(write=False)
+    empty = np.zeros((0, n_fields), dtype=np.int64)
+    return Dataset(empty, empty[:, 0], x_test, y_test, n_fields, 2, "clicks", log)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pscluster.models.sparse import TableSpec
 from pscluster.settings import JobConfig
 from pscluster.sharding import Part, ShardMap
 
@@ -20,6 +21,8 @@ class Registration:
     shard_data_urls: list[str | None] = field(default_factory=list)
     rank: int = -1  # workers only
     worker_id: str = ""
+    # The model's embedding tables (none for a dense model), for shards that build no model.
+    tables: tuple[TableSpec, ...] = ()
 
     @property
     def world(self) -> int:
@@ -35,6 +38,7 @@ class Registration:
             "shard_data_urls": self.shard_data_urls,
             "rank": self.rank,
             "worker_id": self.worker_id,
+            "tables": [table.to_json() for table in self.tables],
         }
 
     @staticmethod
@@ -48,4 +52,5 @@ class Registration:
             shard_data_urls=list(data.get("shard_data_urls", [])),
             rank=int(data.get("rank", -1)),
             worker_id=str(data.get("worker_id", "")),
+            tables=tuple(TableSpec.from_json(t) for t in data.get("tables", [])),
         )

@@ -172,6 +172,9 @@ class Pull:
     after: int = -1
     wait_s: float = 0.0
     gate_for: str | None = None
+    # Sparse tables: the ids whose rows the reply should carry (``@t/want``, views of the body;
+    # checked by the shard, ``pscluster.sparse_wire``).
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
         return {
@@ -183,7 +186,8 @@ class Pull:
 
     @classmethod
     def parse(cls, frame: Frame) -> Pull:
-        return cls.from_fields(frame.header)
+        pull = cls.from_fields(frame.header)
+        return cls(pull.after, pull.wait_s, pull.gate_for, frame.arrays)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Pull:

@@ -49,11 +49,17 @@ class ShardClient:
         return reply
 
     async def pull(
-        self, after: int = -1, wait_s: float = 0.0, *, gate_for: str | None = None
+        self,
+        after: int = -1,
+        wait_s: float = 0.0,
+        *,
+        gate_for: str | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
     ) -> Reply:
         """The shard's parameters, long-polling up to ``wait_s`` for a version after ``after``
-        (or, in ssp mode with ``gate_for``, for that worker's clock gate to open)."""
-        frame = frame_buffers(Pull(after, wait_s, gate_for).header())
+        (or, in ssp mode with ``gate_for``, for that worker's clock gate to open); ``arrays``:
+        the ids whose rows the reply should carry (sparse tables)."""
+        frame = frame_buffers(Pull(after, wait_s, gate_for).header(), arrays)
         return await retry(lambda: self._call(frame), attempts=self.attempts)
 
     async def push(

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from pscluster.faults import maybe_kill
 from pscluster.jobspec import Registration
 from pscluster.messages import ReplyStatus, Status
 from pscluster.models import build_model, is_torch
+from pscluster.models.sparse import is_sparse
 from pscluster.protocol import ErrorCode, to_wire
 from pscluster.sampling import batch_indices
 from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
@@ -27,6 +29,7 @@ from pscluster.settings.timeouts import UNKNOWN_WORKER_PAUSE_S
 from pscluster.sharding import allocate_full, assemble_into, slice_part
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient, ShardReply
+from worker.sparse_rows import WorkerRows
 from worker.stragglers import sample_delay
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ def load_worker_data(registration: Registration) -> Dataset:
         synthetic_samples=job.synthetic_samples,
         synthetic_features=job.synthetic_features,
         synthetic_classes=job.synthetic_classes,
+        held_out=False,  # the coordinator scores the held-out set, not the workers
     )
 
 
@@ -105,6 +109,8 @@ class Trainer:
         self.xp = np if is_torch(self.model) else get_xp(settings.backend.value)
         self.full = allocate_full(self.model.parameter_shapes())
         self.shards = [ShardView(client) for client in clients]
+        # Sparse tables: the rows of the batch computed and of the next one.
+        self.rows = WorkerRows(self.model, len(clients)) if is_sparse(self.model) else None
         self.delay_rng = np.random.default_rng([self.job.seed, 7919, registration.rank])
         # Threads only for work that outweighs the hop: a large model or a large batch.
         model_bytes = sum(
@@ -122,6 +128,8 @@ class Trainer:
         if reply.arrays:
             assemble_into(self.full, self.registration.shard_map[index], reply.arrays)
             shard.version = reply.version
+            if self.rows is not None:
+                self.rows.absorb(index, reply.arrays)
         shard.done = shard.done or reply.done
 
     async def pull_all(self, *, at_least: int = 0, max_polls: int = 1) -> None:
@@ -132,7 +140,9 @@ class Trainer:
         async def pull(index: int) -> None:
             shard = self.shards[index]
             for _ in range(max_polls):
-                reply = await shard.client.pull(after=at_least - 1, wait_s=LONG_POLL_S)
+                reply = await shard.client.pull(
+                    after=at_least - 1, wait_s=LONG_POLL_S, arrays=self._wants(index)
+                )
                 self._absorb(index, reply)
                 if reply.version >= at_least or reply.done:
                     return
@@ -141,6 +151,20 @@ class Trainer:
         self.metrics.observe_phase("pull", time.perf_counter() - started)
 
     # --- one step -----------------------------------------------------------------------------
+
+    def _wants(self, index: int) -> dict[str, np.ndarray]:
+        """The ids of the next batch's rows on shard ``index`` (none for a dense model)."""
+        return {} if self.rows is None else self.rows.wants(index)
+
+    async def _pull_missing_rows(self) -> None:
+        """Rows of the next batch that no reply brought (refusals, duplicates): one pull each,
+        without waiting for a version."""
+        if self.rows is None:
+            return
+        for index in self.rows.missing():
+            client = self.shards[index].client
+            self._absorb(index, await client.pull(wait_s=0.0, arrays=self._wants(index)))
+        self.rows.advance()
 
     def _prefetch(self, step: int) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
         """The batch of ``step``: on a thread when large, else made now."""
@@ -154,7 +178,7 @@ class Trainer:
 
     def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         indices = batch_indices(
-            len(self.data.y_train),
+            self.data.n_train,
             self.job.batch_size,
             seed=self.job.seed,
             rank=self.rank(),
@@ -162,7 +186,7 @@ class Trainer:
             step=step,
             mode=self.job.data_mode.value,
         )
-        return self.data.x_train[indices], self.data.y_train[indices]
+        return self.data.train_rows(indices)
 
     def _compute(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients on the worker's backend (CuPy on a GPU, else NumPy), returned as
@@ -170,15 +194,25 @@ class Trainer:
         the device, so only half the bytes cross PCIe too."""
         xp, wire = self.xp, self.job.wire_dtype.value
         params = {name: to_device(xp, p) for name, p in self.full.items()}
+        if self.rows is not None:
+            params = self.rows.params(params)  # the tables' rows of this batch (host arrays)
         loss, grads = self.model.loss_and_gradients(params, to_device(xp, x), to_device(xp, y))
-        host: dict[str, np.ndarray] = {}
+        host: dict[str, Any] = {}
         for name, g in grads.items():
+            if self.rows is not None and self.rows.is_table(name):
+                host[name] = g  # a table's row gradients (Rows): cast when framed
+                continue
             if xp is not np and wire == "float16":
                 g = g.astype(xp.float16)
             host[name] = to_wire(to_numpy(g), wire)
         return float(loss), host
 
-    async def _exchange(self, step: int, grads: dict[str, np.ndarray]) -> None:
+    def _sparse_push(self, grads: dict[str, Any], index: int) -> dict[str, Any]:
+        if self.rows is None:
+            return {}
+        return self.rows.push_arrays(grads, index, self.job.wire_dtype.value)
+
+    async def _exchange(self, step: int, grads: dict[str, Any]) -> None:
         """Push to every shard not yet done, all at once; absorb the parameters that come back.
 
         ``grads`` are in the wire dtype already; the shards' parts of them are views (no copy),
@@ -195,7 +229,10 @@ class Trainer:
                 rank=self.rank(),
                 step=step,
                 base_version=shard.version,
-                grads={part.key: slice_part(grads[part.param], part) for part in parts},
+                grads={
+                    **{part.key: slice_part(grads[part.param], part) for part in parts},
+                    **self._sparse_push(grads, index),
+                },
             )
             self.metrics.observe_push(reply.status)
             waited = max(waited, reply.waited_s)
@@ -203,13 +240,19 @@ class Trainer:
             if reply.status is ErrorCode.DUPLICATE:
                 # Our earlier try was counted but its reply lost: fetch the step's result.
                 self._absorb(
-                    index, await shard.client.pull(after=shard.version, wait_s=LONG_POLL_S)
+                    index,
+                    await shard.client.pull(
+                        after=shard.version, wait_s=LONG_POLL_S, arrays=self._wants(index)
+                    ),
                 )
             elif reply.status is ErrorCode.WARMUP:
                 # Another rank leads the warmup: wait for it to end (one bounded long-poll, so
                 # that if the leader dies this worker comes back and may lead in its place).
                 after = self.job.warmup_steps - 1
-                self._absorb(index, await shard.client.pull(after=after, wait_s=LONG_POLL_S))
+                ended = await shard.client.pull(
+                    after=after, wait_s=LONG_POLL_S, arrays=self._wants(index)
+                )
+                self._absorb(index, ended)
             elif reply.status is ErrorCode.UNKNOWN_WORKER:
                 # Not a member (yet): the heartbeat re-registers us; do not spin meanwhile.
                 await asyncio.sleep(UNKNOWN_WORKER_PAUSE_S)
@@ -219,7 +262,9 @@ class Trainer:
                 # ssp: we are S steps ahead of the slowest live worker; wait for it (a dead one
                 # stops counting once its lease expires).
                 started_gate = time.perf_counter()
-                reply = await shard.client.pull(wait_s=LONG_POLL_S, gate_for=self.worker_id)
+                reply = await shard.client.pull(
+                    wait_s=LONG_POLL_S, gate_for=self.worker_id, arrays=self._wants(index)
+                )
                 waited += time.perf_counter() - started_gate
                 self._absorb(index, reply)
 
@@ -235,9 +280,12 @@ class Trainer:
         warmup = self.job.warmup_steps if self.job.mode is Mode.ASYNC and self.rank() != 0 else 0
         # Rank != 0 in async warmup waits here while rank 0 makes the first W updates; bounded,
         # after which its pushes learn from the shards whether warmup is still on.
-        await self.pull_all(at_least=warmup, max_polls=WARMUP_POLLS)
         step = 0
         next_batch = self._prefetch(step)
+        if self.rows is not None:
+            self.rows.expect((await next_batch)[0])  # the first pull brings its rows
+        await self.pull_all(at_least=warmup, max_polls=WARMUP_POLLS)
+        await self._pull_missing_rows()
         while not all(shard.done for shard in self.shards):
             maybe_kill(self.settings, step)
             step_started = time.perf_counter()
@@ -260,7 +308,11 @@ class Trainer:
             if delay:
                 await asyncio.sleep(delay)
             self.metrics.observe_phase("delay", delay)
+            if self.rows is not None:
+                # The pushes name the next batch's ids: their replies bring its rows.
+                self.rows.expect((await next_batch)[0])
             await self._exchange(step, grads)
+            await self._pull_missing_rows()
             self.metrics.observe_step(time.perf_counter() - step_started, loss, len(y))
             step += 1
         next_batch.cancel()

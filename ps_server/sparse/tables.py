@@ -55,6 +55,8 @@ class ShardTables:
         self.held: dict[int, SparsePush] = {}
         self.rows_pushed = 0
         self.rows_pulled = 0
+        self.bytes_pushed = 0  # ids and row gradients received
+        self.bytes_pulled = 0  # rows sent
 
     # --- the edge -------------------------------------------------------------------------------
 
@@ -113,7 +115,11 @@ class ShardTables:
             t: (ids.copy(), np.array(r, dtype=np.float32)) for t, (ids, r) in push.grads.items()
         }
         self.held[rank] = SparsePush(kept)
+        self._count_push(push)
+
+    def _count_push(self, push: SparsePush) -> None:
         self.rows_pushed += push.rows
+        self.bytes_pushed += sum(ids.nbytes + rows.nbytes for ids, rows in push.grads.values())
 
     def close_step(self, scale: float, version: int) -> None:
         """sync: each row's gradients summed over the ranks that sent it, in rank order, times
@@ -129,7 +135,7 @@ class ShardTables:
 
     def apply_now(self, push: SparsePush, scale: float, version: int) -> None:
         """async and ssp: one push's rows applied as they arrive."""
-        self.rows_pushed += push.rows
+        self._count_push(push)
         for name, (ids, rows) in push.grads.items():
             grads = np.asarray(rows, dtype=np.float32) * np.float32(scale)
             self.tables[name].apply(ids, grads, np.ones(len(ids), dtype=np.int64), version)
@@ -140,6 +146,7 @@ class ShardTables:
         """The reply's arrays: ``@t/rows`` for each table's wanted ids, in their order."""
         out = {rows_key(t): self.tables[t].read(ids) for t, ids in wants.items()}
         self.rows_pulled += sum(len(ids) for ids in wants.values())
+        self.bytes_pulled += sum(rows.nbytes for rows in out.values())
         return out
 
     # --- checkpoints and status -----------------------------------------------------------------

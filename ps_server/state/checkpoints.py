@@ -8,10 +8,11 @@ import asyncio
 import numpy as np
 
 from ps_server.checkpoint import Checkpoint, encode_checkpoint
-from ps_server.state.core import OwnedGradients, ShardCore
+from ps_server.state.core import OwnedGradients
+from ps_server.state.sparse import SparseRows
 
 
-class Checkpoints(ShardCore):
+class Checkpoints(SparseRows):
     async def checkpoint_body(self) -> tuple[int, bytes]:
         """A consistent snapshot, serialized: parameters, optimizer state, version, and the sync
         step being gathered (its running sum and who is in it), taken between two updates."""
@@ -26,6 +27,8 @@ class Checkpoints(ShardCore):
             arrays.update({f"sum/{key}": a for key, a in self._sum.items()})
         for rank, grads in self._held.items():
             arrays.update({f"held/{rank}/{key}": g for key, g in grads.items()})
+        if self.tables is not None:
+            arrays.update(self.tables.state_arrays())
         header = {
             "shard": self.index,
             "version": self.version,
@@ -59,6 +62,8 @@ class Checkpoints(ShardCore):
             rank: OwnedGradients({key: arrays[f"held/{rank}/{key}"].copy() for key in self._sum})
             for rank in header.get("held", [])
         }
+        if self.tables is not None:
+            self.tables.load_state_arrays(arrays)
         self.version = checkpoint.version
         self.restored_from = checkpoint.version
         self.metrics.version.set(self.version)

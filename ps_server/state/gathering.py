@@ -184,4 +184,5 @@ class SyncGathering(Updates):
         self._contributors.clear()
         self._summed = False
         self._last_folded = None
+        self._close_rows(scale)
         self._advance(snapshot)

@@ -7,12 +7,15 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from ps_server.state.core import ShardCore, wake
+import numpy as np
+
+from ps_server.state.core import wake
+from ps_server.state.sparse import SparseRows
 from pscluster.messages import Reply
 from pscluster.protocol import EncodedFrame, frame_buffers
 
 
-class Reads(ShardCore):
+class Reads(SparseRows):
     async def encoded_params(self, fields: Mapping[str, Any] | None = None) -> EncodedFrame:
         """The parameters of the current version as a frame, encoded once per version and lent
         to each caller (see ``Snapshot``), under the version's header plus ``fields``: hold it
@@ -35,9 +38,17 @@ class Reads(ShardCore):
             self._snapshot = snapshot
         return self._snapshot.lend(fields)
 
-    async def reply_frame(self, reply: Reply, *, with_params: bool) -> EncodedFrame:
+    async def reply_frame(
+        self,
+        reply: Reply,
+        *,
+        with_params: bool,
+        wants: Mapping[str, np.ndarray] | None = None,
+    ) -> EncodedFrame:
         """A reply's frame: with the parameters, their version's (whose version and done win
-        over the reply's), else the header alone."""
+        over the reply's), else the header alone; and the rows of ``wants`` (sparse tables)."""
+        if wants:
+            return await self.frame_with_rows(reply, with_params=with_params, wants=wants)
         if with_params:
             return await self.encoded_params(reply.fields())
         return frame_buffers({**reply.fields(), "shard": self.index})

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ps_server.rules import Verdict, judge_async_push, judge_sync_push
+from ps_server.sparse.tables import SparsePush
 from ps_server.state.checkpoints import Checkpoints
 from ps_server.state.clocks import SspClocks
 from ps_server.state.gathering import SyncGathering
 from ps_server.state.reads import Reads
+from ps_server.state.sparse import NO_ROWS
 from ps_server.state.validation import Validation
 from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
@@ -29,7 +31,7 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
     def snapshot(self) -> dict[str, Any]:
         """``/state``: the shard's counters, the deadline's (sync) and the clocks' (ssp)."""
         extra = self.clock_summary() if self.job.mode is Mode.SSP else self.deadline_summary()
-        return {**super().snapshot(), **extra}
+        return {**super().snapshot(), **extra, **self.sparse_summary()}
 
     async def _set_members(self, members: Mapping[str, int]) -> None:
         if self.job.mode is Mode.SSP:
@@ -44,17 +46,18 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
         """ssp: whether this push moved the worker's clock (so its reply waits at the gate)."""
         return self.job.mode is Mode.SSP and verdict.code not in NOT_A_STEP
 
-    async def push(self, message: Push) -> Verdict:
-        """Judge and apply one push whose gradients are validated (``validate_gradients``)."""
+    async def push(self, message: Push, sparse: SparsePush = NO_ROWS) -> Verdict:
+        """Judge and apply one push whose gradients are validated (``validate_gradients``), and
+        its rows (``parse_sparse``)."""
         self.metrics.count_received()
         if self._inline:
             # Small arrays: the math runs inline, so once the lock is held nothing in the work
             # suspends and a cancelled caller cannot leave it half done; no task of its own.
             async with self._lock:
-                return await self._push(message)
-        return await self._locked(lambda: self._push(message))
+                return await self._push(message, sparse)
+        return await self._locked(lambda: self._push(message, sparse))
 
-    async def _push(self, message: Push) -> Verdict:
+    async def _push(self, message: Push, sparse: SparsePush = NO_ROWS) -> Verdict:
         worker, rank, base_version = message.worker, message.rank, message.base_version
         if self.members is not None and worker not in self.members:
             verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
@@ -74,9 +77,10 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
             return verdict
         self.metrics.count_applied(rank)
         if self.job.mode is Mode.SYNC:
+            self._hold_rows(rank, sparse)
             await self._gather(worker, rank, message.grads)
         else:
-            await self._apply_async(verdict.scale, message.grads)
+            await self._apply_async(verdict.scale, message.grads, sparse)
         return verdict
 
     def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:

@@ -10,10 +10,11 @@ import numpy as np
 
 from ps_server.optimizers import apply
 from ps_server.snapshot import Snapshot
-from ps_server.state.core import ShardCore
+from ps_server.sparse.tables import SparsePush
+from ps_server.state.sparse import NO_ROWS, SparseRows
 
 
-class Updates(ShardCore):
+class Updates(SparseRows):
     async def _update(
         self, scale: float, incoming: Mapping[str, np.ndarray] | None, *, first: bool
     ) -> Snapshot:
@@ -65,8 +66,12 @@ class Updates(ShardCore):
         # Wake every long-poll waiting on the old version.
         self._wake_version_waiters()
 
-    async def _apply_async(self, scale: float, grads: Mapping[str, np.ndarray]) -> None:
-        """One accepted async gradient, applied at once as its own version."""
+    async def _apply_async(
+        self, scale: float, grads: Mapping[str, np.ndarray], sparse: SparsePush = NO_ROWS
+    ) -> None:
+        """One accepted async gradient (and its rows), applied at once as its own version."""
         if self.job.lr_divide_by_workers:
             scale /= self.job.workers
-        self._advance(await self._update(scale, grads, first=True))
+        snapshot = await self._update(scale, grads, first=True)
+        self._apply_rows_now(sparse, scale)
+        self._advance(snapshot)

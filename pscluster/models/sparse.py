@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
@@ -35,20 +35,17 @@ class NormalInit:
 ZEROS = NormalInit(0.0)
 
 
-class RowInit(Protocol):
-    def __call__(self, seed: int, table: str, ids: np.ndarray, dim: int) -> np.ndarray:
-        """float32 [len(ids), dim]: the first values of these ids' rows; a pure function of
-        (seed, table, id), whatever else is in ``ids`` and in whatever order."""
-        ...
-
-
 @dataclass(frozen=True)
 class TableSpec:
-    """One embedding table: its rows are ``dim`` float32 values, keyed by int64 ids >= 0."""
+    """One embedding table: its rows are ``dim`` float32 values, keyed by int64 ids >= 0.
+
+    The coordinator hands the specs to the shards (``to_json``), which build no model: so the
+    initialiser is a declared distribution, N(0, std**2) (std 0: zeros), not code.
+    """
 
     name: str
     dim: int
-    init: RowInit = NormalInit()
+    init: NormalInit = NormalInit()
     # Rows a table keeps; beyond it the least recently touched go (LRU). None: unbounded.
     capacity: int | None = None
 
@@ -57,6 +54,26 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: dim must be at least 1, got {self.dim}")
         if self.capacity is not None and self.capacity < 1:
             raise ValueError(f"table {self.name!r}: capacity must be at least 1")
+        if not (self.init.std >= 0.0):
+            raise ValueError(f"table {self.name!r}: the initialiser's std must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "init_std": self.init.std,
+            "capacity": self.capacity,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> TableSpec:
+        capacity = data.get("capacity")
+        return TableSpec(
+            str(data["name"]),
+            int(data["dim"]),
+            NormalInit(float(data["init_std"])),
+            None if capacity is None else int(capacity),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,5 +112,5 @@ class SparseModel(Protocol):
         ...
 
 
-def is_sparse(model: object) -> bool:
+def is_sparse(model: object) -> TypeGuard[SparseModel]:
     return isinstance(model, SparseModel)

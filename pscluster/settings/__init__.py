@@ -19,6 +19,7 @@ from pscluster.settings.choices import (
     DelayKind,
     Mode,
     OptimizerName,
+    SparseOptimizerName,
     StalenessPolicy,
     WireDtype,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ServiceSettings",
     "SettingsT",
     "ShardSettings",
+    "SparseOptimizerName",
     "StalenessPolicy",
     "WireDtype",
     "WorkerSettings",

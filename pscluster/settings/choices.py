@@ -29,6 +29,11 @@ class AdamForm(StrEnum):
     KERAS = "keras"  # eps-hat form (Kingma and Ba, section 2): lr sqrt(c2) / c1 m / (sqrt(v) + eps)
 
 
+class SparseOptimizerName(StrEnum):
+    SGD = "sgd"
+    ADAGRAD = "adagrad"  # per coordinate of each row (Duchi et al. 2011)
+
+
 class StalenessPolicy(StrEnum):
     NONE = "none"  # apply stale gradients at full strength
     INVERSE = "inverse"  # scale by 1/staleness for staleness >= 1 (Zhang et al. 2016)

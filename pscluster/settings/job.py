@@ -12,6 +12,7 @@ from pscluster.settings.choices import (
     DataMode,
     Mode,
     OptimizerName,
+    SparseOptimizerName,
     StalenessPolicy,
     WireDtype,
 )
@@ -20,6 +21,10 @@ from pscluster.settings.choices import (
 SYNC_STEPS = 300
 SYNC_MOMENTUM = 0.9
 ASYNC_MOMENTUM = 0.7
+# Batch size by dataset (see JobConfig._per_dataset): a click log's signal is spread over many
+# rare ids, so its steps take many impressions (measured in docs/sparse.md).
+BATCH_SIZE = 32
+CLICKS_BATCH_SIZE = 1024
 
 
 class JobConfig(BaseModel):
@@ -43,12 +48,16 @@ class JobConfig(BaseModel):
     )
     model: str = Field("mlp", description="softmax, mlp, or a user model as 'package.module:Name'.")
     hidden: str = Field("64", description="Hidden layer widths for mlp, comma separated (1 or 2).")
-    dataset: str = Field("digits", description="digits or synthetic.")
+    dataset: str = Field("digits", description="digits, synthetic or clicks (a click log).")
     synthetic_samples: int = Field(10000, ge=10, description="Size of the synthetic dataset.")
     synthetic_features: int = Field(32, ge=1, description="Features of the synthetic dataset.")
     synthetic_classes: int = Field(10, ge=2, description="Classes of the synthetic dataset.")
     data_mode: DataMode = Field(DataMode.SAMPLE, description="shard or sample the training set.")
-    batch_size: int = Field(32, ge=1, description="Mini-batch size per worker step.")
+    batch_size: int = Field(
+        None,  # type: ignore[assignment]  # resolved per dataset before validation
+        ge=1,
+        description="Mini-batch size per worker step (unset: 1024 for clicks, else 32).",
+    )
     optimizer: OptimizerName = Field(OptimizerName.MOMENTUM, description="sgd, momentum or adam.")
     lr: float = Field(0.1, gt=0, description="Learning rate.")
     momentum: float = Field(
@@ -103,6 +112,25 @@ class JobConfig(BaseModel):
     checkpoint_every: int = Field(
         50, ge=0, description="Shards checkpoint every this many versions (0: only on stop)."
     )
+    admit_after: int = Field(
+        1,
+        ge=1,
+        description="Sparse tables: a row is created by the push that names its id for the "
+        "n-th time; until then pulls get zeros and its gradients are dropped (1: admission off).",
+    )
+    evict_after: int = Field(
+        0, ge=0, description="Sparse tables: drop rows untouched for this many versions (0: off)."
+    )
+    table_capacity: int | None = Field(
+        None,
+        ge=1,
+        description="Sparse tables: rows a table keeps per shard, least recently updated "
+        "evicted beyond (unset: the model's own capacity, or unbounded).",
+    )
+    sparse_optimizer: SparseOptimizerName = Field(
+        SparseOptimizerName.ADAGRAD, description="Sparse tables' per-row optimizer: sgd or adagrad."
+    )
+    sparse_lr: float = Field(0.08, gt=0, description="Sparse tables' learning rate.")
     wire_dtype: WireDtype = Field(
         WireDtype.FLOAT32,
         description="Gradients and parameters on the wire: float32, float16 or bfloat16 (half "
@@ -128,6 +156,9 @@ class JobConfig(BaseModel):
             data["steps"] = SYNC_STEPS * workers if arrival else SYNC_STEPS
         if data.get("momentum") is None:
             data["momentum"] = ASYNC_MOMENTUM if arrival else SYNC_MOMENTUM
+        if data.get("batch_size") is None:
+            clicks = data.get("dataset") == "clicks"
+            data["batch_size"] = CLICKS_BATCH_SIZE if clicks else BATCH_SIZE
         return data
 
     @model_validator(mode="after")

@@ -1,0 +1,194 @@
+"""Sparse tables inside the shard's state, no sockets: a sync step's rows are the mean over the
+workers (one big batch in one process gives the same), two runs in different arrival orders end
+bit-identical (dense momentum with sparse Adagrad), and a checkpoint carries the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ps_server.checkpoint import CheckpointStore
+from ps_server.metrics import ShardMetrics
+from ps_server.sparse.setup import build_tables
+from ps_server.state import ShardState
+from pscluster.jobspec import Registration
+from pscluster.messages import Push
+from pscluster.models.fm import FactorizationMachine
+from pscluster.models.sparse import Rows
+from pscluster.protocol import ErrorCode, ProtocolError
+from pscluster.settings import JobConfig
+from pscluster.sharding import compute_shard_map, slice_part
+from pscluster.sparse_batches import SparseBatches, dense_grads
+from pscluster.sparse_wire import want_key
+from tests.test_clicks import small_log
+
+LOG = small_log(n_train=20_000)
+MODEL = FactorizationMachine(len(LOG.fields), factors=4)
+SHARDS = 2
+
+
+def cluster(**job: object) -> list[ShardState]:
+    """Both shards' states of a sync FM job, built as the shards build them."""
+    config = {"workers": 3, "shards": SHARDS, "steps": 100, "optimizer": "sgd", "lr": 0.1}
+    registration = Registration(
+        job=JobConfig(**{**config, **job}),
+        n_features=len(LOG.fields),
+        n_classes=2,
+        shard_map=compute_shard_map(MODEL.parameter_shapes(), SHARDS),
+        shard_urls=[None] * SHARDS,
+        tables=tuple(MODEL.tables().values()),
+    )
+    full = MODEL.init_parameters(0)
+    states = []
+    for index, parts in enumerate(registration.shard_map):
+        params = {p.key: slice_part(full[p.param], p).copy() for p in parts}
+        state = ShardState(registration.job, index, params, ShardMetrics(CollectorRegistry()))
+        state.tables = build_tables(registration, index)
+        states.append(state)
+    return states
+
+
+def pull(states: list[ShardState], batches: SparseBatches, x: np.ndarray) -> dict[str, object]:
+    """What a worker's pull gets for batch ``x``: the dense arrays and the batch's rows."""
+    batch = batches.plan(x)
+    dense: dict[str, np.ndarray] = {}
+    for index, state in enumerate(states):
+        wants = state.parse_sparse(batches.wants(batch, index)).wants
+        assert batches.absorb(batch, index, state.rows_reply(wants))
+        dense.update({k: p.copy() for k, p in state.params.items()})
+    return batches.params(batch, dense)
+
+
+async def step(
+    states: list[ShardState],
+    batches: SparseBatches,
+    xs: list[np.ndarray],
+    ys: list[np.ndarray],
+    order: list[int],
+) -> None:
+    """One sync step of three workers (their pushes arriving in ``order``)."""
+    computed = {}
+    for rank in range(3):
+        params = pull(states, batches, xs[rank])
+        _, grads = MODEL.loss_and_gradients(params, xs[rank], ys[rank])
+        computed[rank] = (batches.plan(xs[rank]), grads)
+    for rank in order:
+        batch, grads = computed[rank]
+        for index, state in enumerate(states):
+            arrays = batches.grads(batch, grads, index, "float32")
+            sparse = state.parse_sparse(arrays)
+            dense = {
+                k: g for k, g in dense_grads(grads, batches.specs).items() if k in state.params
+            }
+            message = Push(f"w{rank}", rank, state.version, shard=index, grads=dense)
+            await state.push(message, sparse)
+
+
+def batches_of(step_index: int, size: int = 64) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(step_index)
+    drawn = [LOG.train_batch(rng.choice(LOG.n_train, size, replace=False)) for _ in range(3)]
+    return [x for x, _ in drawn], [y for _, y in drawn]
+
+
+def table_rows(states: list[ShardState], table: str, ids: np.ndarray) -> np.ndarray:
+    """The rows of ``ids`` as the shards hold them (a batch naming just those ids)."""
+    rows = pull(states, SparseBatches(MODEL, SHARDS), np.repeat(ids[:, None], len(LOG.fields), 1))
+    values: np.ndarray = rows[table].values  # type: ignore[attr-defined]  # a Rows
+    return values
+
+
+async def test_sync_rows_are_the_mean_over_workers_as_one_big_batch() -> None:
+    states = cluster(sparse_optimizer="sgd", sparse_lr=0.5)
+    batches = SparseBatches(MODEL, SHARDS)
+    xs, ys = batches_of(0)
+    await step(states, batches, xs, ys, [0, 1, 2])
+    assert all(s.version == 1 for s in states)
+    # One process, one batch of all three workers' examples: the mean gradient over 192.
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    ids = np.unique(x)
+    start = {n: spec.init(0, n, ids, spec.dim) for n, spec in MODEL.tables().items()}
+    params = {"bias": np.zeros(1, np.float32), **{n: Rows(ids, v) for n, v in start.items()}}
+    _, grads = MODEL.loss_and_gradients(params, x, y)
+    for name in ("linear", "factors"):
+        expected = start[name] - 0.5 * grads[name].values
+        np.testing.assert_allclose(table_rows(states, name, ids), expected, rtol=1e-5, atol=1e-7)
+    bias_shard = next(s for s in states if "bias" in s.params)
+    np.testing.assert_allclose(bias_shard.params["bias"], -0.1 * grads["bias"], rtol=1e-5)
+    # Rows no worker touched were not created; the pulls created nothing either.
+    assert sum(s.tables.tables["linear"].rows for s in states if s.tables) == len(ids)
+
+
+async def test_sync_runs_with_tables_are_bit_identical_whatever_the_arrival_order(
+    tmp_path: Path,
+) -> None:
+    runs = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        states = cluster(optimizer="momentum", sparse_optimizer="adagrad", sparse_lr=0.1)
+        batches = SparseBatches(MODEL, SHARDS)
+        for s in range(4):
+            xs, ys = batches_of(s)
+            await step(states, batches, xs, ys, order if s % 2 else order[::-1])
+        runs.append(states)
+    for a, b in zip(*runs, strict=True):
+        assert a.version == b.version == 4
+        assert set(a.params) == set(b.params)
+        assert all((a.params[k] == b.params[k]).all() for k in a.params)
+        assert a.tables is not None and b.tables is not None
+        sa, sb = a.tables.state_arrays(), b.tables.state_arrays()
+        assert sorted(sa) == sorted(sb) and all((sa[k] == sb[k]).all() for k in sa)
+        assert len(sa["sparse/factors/ids"]) > 100
+
+    # Checkpoint and restore: the tables come back exactly, and training resumes identically.
+    original = runs[0]
+    restored = cluster(optimizer="momentum", sparse_optimizer="adagrad", sparse_lr=0.1)
+    for index, (state, fresh) in enumerate(zip(original, restored, strict=True)):
+        version, body = await state.checkpoint_body()
+        store = CheckpointStore(tmp_path / str(index), index)
+        store.write(version, body)
+        checkpoint = store.newest_valid()
+        assert checkpoint is not None
+        fresh.restore(checkpoint)
+        assert fresh.tables is not None and state.tables is not None
+        sa, sb = state.tables.state_arrays(), fresh.tables.state_arrays()
+        assert sorted(sa) == sorted(sb) and all((sa[k] == sb[k]).all() for k in sa)
+    batches = SparseBatches(MODEL, SHARDS)
+    xs, ys = batches_of(9)
+    await step(original, batches, xs, ys, [0, 1, 2])
+    await step(restored, batches, xs, ys, [1, 2, 0])
+    for a, b in zip(original, restored, strict=True):
+        assert a.tables is not None and b.tables is not None
+        sa, sb = a.tables.state_arrays(), b.tables.state_arrays()
+        assert all((sa[k] == sb[k]).all() for k in sa)
+        assert all((a.params[k] == b.params[k]).all() for k in a.params)
+
+
+def test_a_pull_of_ids_on_another_shard_is_refused() -> None:
+    states = cluster()
+    batches = SparseBatches(MODEL, SHARDS)
+    batch = batches.plan(LOG.train_batch(np.arange(50))[0])
+    wants = batches.wants(batch, 1)
+    with pytest.raises(ProtocolError) as refused:
+        states[0].parse_sparse(wants)
+    assert refused.value.code is ErrorCode.WRONG_SHARD
+    assert set(wants) == {want_key("linear"), want_key("factors")}
+
+
+async def test_async_rows_apply_as_each_push_arrives() -> None:
+    states = cluster(mode="async", sparse_optimizer="sgd", sparse_lr=1.0)
+    batches = SparseBatches(MODEL, SHARDS)
+    xs, ys = batches_of(3)
+    params = pull(states, batches, xs[0])
+    _, grads = MODEL.loss_and_gradients(params, xs[0], ys[0])
+    batch = batches.plan(xs[0])
+    for index, state in enumerate(states):
+        sparse = state.parse_sparse(batches.grads(batch, grads, index, "float32"))
+        dense = {k: g for k, g in grads.items() if k in state.params}
+        await state.push(Push("w0", 0, 0, shard=index, grads=dense), sparse)
+        assert state.version == 1  # one push, one version: no step to gather
+    ids = batch.ids["factors"]
+    start = MODEL.tables()["factors"].init(0, "factors", ids, 4)
+    got = table_rows(states, "factors", ids)
+    np.testing.assert_allclose(got, start - grads["factors"].values, rtol=1e-6, atol=1e-7)
