@@ -154,7 +154,57 @@ COLUMNS = [
     Column("gradients_per_step", "grads/step", "{:.2f}"),
     Column("step_ms_spread", "ms/step range"),
     Column("to_target_s_spread", "s to target range"),
+    Column("step_vs_sync", "ms/step / 0 spares", "{:.2f}"),
+    Column("step_vs_sync_spread", "range"),
+    Column("target_vs_spares", "to target / best spares", "{:.2f}"),
+    Column("target_vs_spares_spread", "range"),
 ]
+
+BASELINE = "sync, 0 spares"
+
+
+def paired_ratios(
+    results: dict[str, list[dict[str, Any]]], key: str, baseline: str
+) -> dict[str, list[float]]:
+    """Per configuration, ``key`` divided by the baseline's in the same repeat: the repeats are
+    interleaved, so a ratio compares runs made within a minute of each other."""
+    base = results.get(baseline, [])
+    ratios: dict[str, list[float]] = {}
+    for name, runs in results.items():
+        pairs = zip(runs, base, strict=False)
+        ratios[name] = [r[key] / b[key] for r, b in pairs if r[key] and b[key]]
+    return ratios
+
+
+def best_spares(results: dict[str, list[dict[str, Any]]]) -> str | None:
+    """The spares setting with the lowest median time to the target loss."""
+    medians = {
+        name: statistics.median(times)
+        for name, runs in results.items()
+        if name.startswith("sync, ") and name.endswith(" spares")
+        if (times := [r["to_target_s"] for r in runs if r["to_target_s"] is not None])
+    }
+    return min(medians, key=lambda name: medians[name]) if medians else None
+
+
+def add_ratios(rows: list[dict[str, Any]], results: dict[str, list[dict[str, Any]]]) -> None:
+    """ms/step against sync without spares, time to target against the best spares setting."""
+    best = best_spares(results)
+    wanted = [("step_vs_sync", "step_ms", BASELINE), ("target_vs_spares", "to_target_s", best)]
+    for column, key, baseline in wanted:
+        if baseline is None:
+            continue
+        ratios = paired_ratios(results, key, baseline)
+        for row in rows:
+            values = ratios[row["config"]]
+            if values and row["config"] != baseline:
+                row[column] = statistics.median(values)
+                row[f"{column}_runs"] = values
+                if len(values) > 1:
+                    row[f"{column}_spread"] = f"{min(values):.2f}-{max(values):.2f}"
+        if column == "target_vs_spares":
+            for row in rows:
+                row["best_spares"] = best
 
 
 def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
@@ -272,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[config.name].append(row_of(config, summary, args))
                 print(f"  {config.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     rows = [merge_repeats(results[c.name]) for c in configs]
+    add_ratios(rows, results)
     print(
         f"pattern {args.pattern}, base delay {args.delay_s} s, N = {args.workers}, "
         f"{args.shards} shards, {args.optimizer}; sync: {args.steps} steps at lr "
@@ -279,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         f"target held-out loss {args.target_loss}"
     )
     print(format_table(rows, COLUMNS))
-    print(f"({time.perf_counter() - started:.0f} s in all)")
+    print(
+        f"ratios per repeat (median, range): ms/step against {BASELINE!r}, seconds to target "
+        f"against the best spares setting, {best_spares(results)!r}; {args.repeats} repeats, "
+        f"interleaved ({time.perf_counter() - started:.0f} s in all)"
+    )
     if args.png:
         plot(rows, args, args.png)
     write_json(

@@ -115,3 +115,42 @@ async def test_a_step_closed_before_its_deadline_cancels_its_timer() -> None:
     assert state._deadline_timer is not None and state._deadline_timer is not timer
     await state.wait_for_version(1, timeout_s=5.0)
     assert state.version == 2
+
+
+async def test_a_dropped_worker_is_not_waited_for_until_it_is_back_in_phase() -> None:
+    state = make_state(deadline="0.3")
+    await state.set_members({f"w{i}": i for i in range(4)})
+    for i in range(4):  # step 0: all four
+        assert await push(state, f"w{i}", 1.0) is None
+    for i in range(3):  # step 1: w3 is slow; the step closes at its deadline without it
+        assert await push(state, f"w{i}", 1.0, base=1) is None
+    assert state.version == 1
+    await state.wait_for_version(1, timeout_s=5.0)
+    assert state.version == 2
+    offsets = len(state._offsets)
+    # Step 2: w3 is still computing its step-1 gradient. The step closes with the third push,
+    # not at its deadline: checked at once, well before the 0.3 s are up.
+    for i in range(3):
+        assert await push(state, f"w{i}", 2.0, base=2) is None
+    assert state.version == 3
+    np.testing.assert_allclose(state.params["w"], -0.5 * 4.0)  # three steps of lr * mean 1, 1, 2
+    assert len(state._offsets) == offsets + 2  # w1 and w2, in phase
+    # w3's step-1 gradient arrives during step 3: late (measured: it was in phase for step 1),
+    # answered with version 3 after step 3 opened. Its step-3 gradient still counts if it comes
+    # before the step closes, but its offset (when it started, not how fast it is) is no sample.
+    assert await push(state, "w0", 1.0, base=3) is None
+    assert await push(state, "w3", 9.0, base=1) is ErrorCode.LATE
+    assert len(state._offsets) == offsets + 3
+    assert await push(state, "w3", 1.0, base=3) is None
+    assert len(state._offsets) == offsets + 3
+    assert await push(state, "w1", 1.0, base=3) is None
+    assert state.version == 3  # w2 is in phase: waited for
+    assert await push(state, "w2", 1.0, base=3) is None
+    assert state.version == 4 and state.snapshot()["gradients_per_step"] == 3.5  # 4, 3, 3, 4
+    # Step 4: w3 was answered by step 3's close, in phase again: three pushes do not close it.
+    for i in range(3):
+        assert await push(state, f"w{i}", 1.0, base=4) is None
+    assert state.version == 4
+    assert await push(state, "w3", 1.0, base=4) is None
+    assert state.version == 5
+    assert state.snapshot()["steps_closed_early"] == 2  # steps 1 and 2

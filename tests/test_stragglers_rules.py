@@ -16,6 +16,7 @@ from ps_server.deadline import (
     MARGIN_S,
     auto_deadline,
     default_min_gradients,
+    in_phase,
     step_may_close,
 )
 from ps_server.ssp import clock_gap, joining_clock, may_start_step
@@ -94,6 +95,42 @@ def test_step_may_close(contributions, required, minimum, elapsed, deadline, clo
         )
         is closes
     )
+
+
+@pytest.mark.parametrize(
+    ("contributions", "minimum", "elapsed", "deadline", "awaited", "closes"),
+    [
+        (3, 2, 0.0, 0.05, 0, True),  # the fourth is busy with an older step: do not wait for it
+        (3, 2, 0.0, 0.05, 1, False),  # one in phase still to come: wait, up to the deadline
+        (3, 2, 0.05, 0.05, 1, True),  # the deadline passed
+        (1, 2, 0.0, 0.05, 0, False),  # too few, however many are busy
+        (3, 2, 0.0, None, 0, False),  # no deadline (none, or auto without history): wait for N
+        (3, 2, 0.0, 0.05, None, False),  # no membership yet: nobody is known to be busy
+    ],
+)
+def test_step_with_a_deadline_closes_once_every_worker_in_phase_is_in(
+    contributions, minimum, elapsed, deadline, awaited, closes
+) -> None:
+    assert (
+        step_may_close(
+            contributions=contributions,
+            required=4,
+            min_gradients=minimum,
+            elapsed_s=elapsed,
+            deadline_s=deadline,
+            awaited=awaited,
+        )
+        is closes
+    )
+
+
+def test_in_phase() -> None:
+    # Step 5 opened (first gradient) at t = 10.0.
+    assert in_phase(None, 5, 10.0)  # not heard from: may be on its way
+    assert in_phase((5, 9.98), 5, 10.0)  # released by step 4's close, before step 5 opened
+    assert in_phase((5, 10.0), 5, 10.0)
+    assert not in_phase((4, 9.5), 5, 10.0)  # dropped from step 4: still computing for it
+    assert not in_phase((5, 10.01), 5, 10.0)  # its late push answered after step 5 opened
 
 
 @pytest.mark.parametrize(("n", "m"), [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (8, 4)])

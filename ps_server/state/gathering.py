@@ -3,8 +3,10 @@ completes the step (or a smaller membership that does, or its deadline) applies 
 next version.
 
 The deadline (``--deadline auto|S``, see ``ps_server.deadline``) runs from the step's first
-gradient. Each shard decides alone, as it does with spares: two shards may close the same step
-with different sets of workers, each still the mean of gradients of one version.
+gradient; a step with a deadline also closes once every worker in phase is in (this shard's
+latest reply to each worker tells who is). Each shard decides alone, as it does with spares: two
+shards may close the same step with different sets of workers, each still the mean of gradients
+of one version.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.deadline import WINDOW, auto_deadline, step_may_close
+from ps_server.deadline import WINDOW, auto_deadline, in_phase, step_may_close
 from ps_server.fold_order import fold_sequence, may_fold_now
 from ps_server.state.core import OwnedGradients
 from ps_server.state.updates import Updates
@@ -33,6 +35,8 @@ class SyncGathering(Updates):
         # Offsets (seconds) of recent arrivals from their step's first, late ones included.
         self._offsets: deque[float] = deque(maxlen=WINDOW)
         self._first_arrivals: dict[int, float] = {}
+        # worker -> (version, time) of this shard's latest reply to it: who is in phase.
+        self._sent: dict[str, tuple[int, float]] = {}
         self._step_deadline: float | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.steps_closed_early = 0
@@ -46,6 +50,7 @@ class SyncGathering(Updates):
 
     async def _set_members(self, members: Mapping[str, int]) -> None:
         self.members = dict(members)
+        self._sent = {w: sent for w, sent in self._sent.items() if w in self.members}
         self.metrics.live_workers.set(len(self.members))
         self.metrics.required.set(self.required)
         if self.job.mode is Mode.SYNC and self._contributors and not self.done:
@@ -61,12 +66,15 @@ class SyncGathering(Updates):
             "gradients_per_step": self.gradients_summed / steps if steps else None,
         }
 
-    def record_late(self, base_version: int) -> None:
-        """A late gradient's offset from its own step's first arrival: without these the
-        deadline would only ever see arrivals it let in, and shrink step after step."""
+    def record_late(self, worker: str, base_version: int) -> None:
+        """A late gradient's offset from its own step's first arrival, if the worker was in
+        phase for that step: without these the deadline would only ever see arrivals it let
+        in, and shrink step after step. Its reply carries the version now being gathered."""
+        now = time.perf_counter()
         first = self._first_arrivals.get(base_version)
-        if first is not None:
-            self._offsets.append(time.perf_counter() - first)
+        if first is not None and in_phase(self._sent.get(worker), base_version, first):
+            self._offsets.append(now - first)
+        self._sent[worker] = (self.version, now)
 
     def _may_close(self, contributions: int) -> bool:
         return step_may_close(
@@ -75,6 +83,18 @@ class SyncGathering(Updates):
             min_gradients=self.job.min_gradients_value,
             elapsed_s=time.perf_counter() - self._round_started,
             deadline_s=self._step_deadline,
+            awaited=self._awaited(),
+        )
+
+    def _awaited(self) -> int | None:
+        """In-phase members whose gradient for this step is not in yet (None: no membership)."""
+        if self.members is None:
+            return None
+        return sum(
+            1
+            for worker in self.members
+            if worker not in self._contributors
+            and in_phase(self._sent.get(worker), self.version, self._round_started)
         )
 
     def _open_step(self, now: float) -> None:
@@ -109,7 +129,7 @@ class SyncGathering(Updates):
         now = time.perf_counter()
         if not self._contributors:
             self._open_step(now)
-        else:
+        elif in_phase(self._sent.get(worker), self.version, self._round_started):
             self._offsets.append(now - self._round_started)
         self._contributors.add(worker)
         members = () if self.members is None else self.members.values()
@@ -181,6 +201,9 @@ class SyncGathering(Updates):
         gathered = time.perf_counter() - self._round_started
         self.metrics.gather_seconds.observe(gathered)
         self.max_gather_s = max(self.max_gather_s, gathered)
+        released = time.perf_counter()
+        for worker in self._contributors:
+            self._sent[worker] = (self.version + 1, released)
         self._contributors.clear()
         self._summed = False
         self._last_folded = None

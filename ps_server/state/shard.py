@@ -70,7 +70,7 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
         if self.counts_as_step(verdict):
             self.tick(worker)
         if verdict.code is ErrorCode.LATE and self.job.mode is Mode.SYNC:
-            self.record_late(base_version)
+            self.record_late(worker, base_version)
         if not verdict.accepted:
             assert verdict.code is not None
             self.metrics.count_dropped(verdict.code)
