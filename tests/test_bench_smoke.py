@@ -89,22 +89,27 @@ def test_aggregate_bench(tmp_path: Path) -> None:
 def test_training_bench(tmp_path: Path) -> None:
     stdout, figures = run_bench(
         "training",
-        "--workers",
-        "2",
-        "--wire-dtypes",
-        "float32",
-        "--steps",
-        "8",
+        *("--model", "torch_cnn", "--workers", "1", "--wire-dtypes", "float32", "--steps", "8"),
+        *("--alone-s", "0.05"),
         tmp_path=tmp_path,
     )
-    for title in ("samples/s", "compute ms", "push ms", "wait ms", "wire dtype"):
+    for title in ("samples/s", "vs mlp", "compute ms", "push ms", "wait ms", "wire dtype"):
         assert title in stdout
-    (row,) = figures["rows"]
-    assert row["workers"] == 2 and row["steps"] == 8
-    assert_numbers(row, ["samples_per_s", "step_ms", "compute_ms", "push_ms", "accuracy"])
-    assert row["pull_ms"] >= 0 and row["wait_ms"] >= 0
-    # float32 at the largest worker count reuses the run above: one cluster start in all.
-    assert [r["wire_dtype"] for r in figures["precision"]] == ["float32"]
+    # The NumPy MLP, then the PyTorch CNN beside it, at the same worker count.
+    assert [row["model"] for row in figures["rows"]] == ["mlp", "torch_cnn"]
+    for row in figures["rows"]:
+        assert row["workers"] == 1 and row["steps"] == 8
+        keys = ["samples_per_s", "vs_baseline", "step_ms", "compute_ms", "push_ms", "accuracy"]
+        assert_numbers(row, keys)
+        assert row["pull_ms"] >= 0 and row["wait_ms"] >= 0
+    assert figures["rows"][0]["vs_baseline"] == 1.0
+    assert [row["model"] for row in figures["alone"]] == ["mlp", "torch_cnn"]
+    for row in figures["alone"]:
+        assert_numbers(row, ["parameters", "ms_per_batch"])
+    # float32 at the largest worker count reuses the run above: no more cluster starts.
+    assert [(r["model"], r["wire_dtype"]) for r in figures["precision"]] == [
+        ("torch_cnn", "float32")
+    ]
     for precise in figures["precision"]:
         assert 0 < precise["accuracy"] <= 1 and math.isfinite(precise["loss"])
 
