@@ -77,7 +77,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--backend",
         choices=[b.value for b in Backend],
         default="auto",
-        help="Workers' array backend (auto: CuPy when a GPU is present).",
+        help="Workers' array backend (auto: CuPy when a GPU is present; a PyTorch model: "
+        "CUDA when torch.cuda.is_available()).",
     )
     stragglers = parser.add_argument_group("straggler simulation")
     stragglers.add_argument(
