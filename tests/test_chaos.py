@@ -76,8 +76,17 @@ def test_random_sigkills_every_two_seconds(tmp_path: Path) -> None:
         out, _ = launcher.communicate(timeout=150)
     finally:
         if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate(timeout=30)
+            # SIGTERM first: the launcher stops its services; a SIGKILL would orphan them.
+            services = children(launcher.pid)
+            launcher.terminate()
+            try:
+                launcher.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.communicate(timeout=30)
+            for pid in services:
+                if service_of(pid) is not None:
+                    os.kill(pid, signal.SIGKILL)
     text = out.decode()
     assert launcher.returncode == 0, text
     assert len(killed) == KILLS and {"worker", "ps_server", "coordinator"} <= set(killed)
