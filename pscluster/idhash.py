@@ -36,13 +36,30 @@ def mix(values: np.ndarray) -> np.ndarray:
     return z
 
 
+_MASK = (1 << 64) - 1
+
+
+def _mix_int(z: int) -> int:
+    """``mix`` of one Python int (modulo 2**64): keys are mixed without NumPy calls."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK
+    return z ^ (z >> 31)
+
+
+def _mixed_key(key: int) -> np.uint64:
+    return np.uint64(_mix_int((key * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & _MASK))
+
+
+def _rounds(h: np.ndarray, keys: tuple[int, ...]) -> np.ndarray:
+    """Each key folded in through its own round of the mixer, so (1, 2) and (2, 1) differ."""
+    for key in keys:
+        h = mix(h ^ _mixed_key(key))
+    return h
+
+
 def hash_ids(ids: np.ndarray, *keys: int) -> np.ndarray:
     """uint64 hashes of ``ids``, a different function for every tuple of ``keys``."""
-    h = np.asarray(ids).astype(np.uint64)
-    for key in keys:
-        # Fold each key in through its own round, so (1, 2) and (2, 1) differ.
-        h = mix(h ^ mix(np.full(1, key, dtype=np.uint64) * _GOLDEN + _GOLDEN))
-    return mix(h + _GOLDEN)
+    return mix(_rounds(np.asarray(ids).astype(np.uint64), keys) + _GOLDEN)
 
 
 def unit_uniform(hashes: np.ndarray) -> np.ndarray:
@@ -50,15 +67,19 @@ def unit_uniform(hashes: np.ndarray) -> np.ndarray:
     return ((hashes >> np.uint64(11)).astype(np.float64) + 0.5) * _UNIT
 
 
+def hash_columns(ids: np.ndarray, columns: int, *keys: int) -> np.ndarray:
+    """uint64 [len(ids), columns]: column c is ``hash_ids(ids, *keys, c)``. The rounds of
+    ``keys`` are shared by the columns; the last two run for all columns in one pass."""
+    shared = _rounds(np.asarray(ids).reshape(-1).astype(np.uint64), keys)
+    last = np.array([_mixed_key(c) for c in range(columns)], dtype=np.uint64)
+    return mix(mix(shared[:, None] ^ last[None, :]) + _GOLDEN)
+
+
 def normal(ids: np.ndarray, dim: int, *keys: int) -> np.ndarray:
-    """float64 [len(ids), dim] standard normals, column j a function of (keys, j, id) alone
-    (Box-Muller on two hashes per value)."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    out = np.empty((len(ids), dim), dtype=np.float64)
-    for j in range(dim):
-        u1 = unit_uniform(hash_ids(ids, *keys, 2 * j))
-        u2 = unit_uniform(hash_ids(ids, *keys, 2 * j + 1))
-        out[:, j] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    """float64 [len(ids), dim] standard normals: Box-Muller on ``hash_ids(id, *keys, 2j)`` and
+    ``hash_ids(id, *keys, 2j + 1)`` for column j, a function of (keys, j, id) alone."""
+    u = unit_uniform(hash_columns(ids, 2 * dim, *keys))
+    out: np.ndarray = np.sqrt(-2.0 * np.log(u[:, 0::2])) * np.cos(2.0 * np.pi * u[:, 1::2])
     return out
 
 

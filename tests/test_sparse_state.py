@@ -1,6 +1,7 @@
 """Sparse tables inside the shard's state, no sockets: a sync step's rows are the mean over the
 workers (one big batch in one process gives the same), two runs in different arrival orders end
-bit-identical (dense momentum with sparse Adagrad), and a checkpoint carries the tables."""
+bit-identical (dense momentum with sparse Adagrad, dense Adam with sparse SGD), and a checkpoint
+carries the tables."""
 
 from __future__ import annotations
 
@@ -70,6 +71,10 @@ async def step(
     order: list[int],
 ) -> None:
     """One sync step of three workers (their pushes arriving in ``order``)."""
+    for state in states:
+        if state.members is None:
+            # Known ranks: the shards fold each step in rank order (ps_server/fold_order.py).
+            await state.set_members({f"w{rank}": rank for rank in range(3)})
     computed = {}
     for rank in range(3):
         params = pull(states, batches, xs[rank])
@@ -121,12 +126,14 @@ async def test_sync_rows_are_the_mean_over_workers_as_one_big_batch() -> None:
     assert sum(s.tables.tables["linear"].rows for s in states if s.tables) == len(ids)
 
 
+@pytest.mark.parametrize(("dense", "rows"), [("momentum", "adagrad"), ("adam", "sgd")])
 async def test_sync_runs_with_tables_are_bit_identical_whatever_the_arrival_order(
-    tmp_path: Path,
+    tmp_path: Path, dense: str, rows: str
 ) -> None:
     runs = []
+    optimizers = {"optimizer": dense, "sparse_optimizer": rows, "sparse_lr": 0.1}
     for order in ([0, 1, 2], [2, 0, 1]):
-        states = cluster(optimizer="momentum", sparse_optimizer="adagrad", sparse_lr=0.1)
+        states = cluster(**optimizers)
         batches = SparseBatches(MODEL, SHARDS)
         for s in range(4):
             xs, ys = batches_of(s)
@@ -143,7 +150,7 @@ async def test_sync_runs_with_tables_are_bit_identical_whatever_the_arrival_orde
 
     # Checkpoint and restore: the tables come back exactly, and training resumes identically.
     original = runs[0]
-    restored = cluster(optimizer="momentum", sparse_optimizer="adagrad", sparse_lr=0.1)
+    restored = cluster(**optimizers)
     for index, (state, fresh) in enumerate(zip(original, restored, strict=True)):
         version, body = await state.checkpoint_body()
         store = CheckpointStore(tmp_path / str(index), index)

@@ -10,7 +10,7 @@ from ps_server.sparse.index import IdIndex
 from ps_server.sparse.policies import TablePolicy, least_recent
 from ps_server.sparse.table import SparseTable
 from ps_server.sparse.tables import ShardTables, SparsePush
-from pscluster.idhash import shard_of_ids
+from pscluster.idhash import hash_columns, hash_ids, shard_of_ids
 from pscluster.models.sparse import NormalInit, TableSpec
 from pscluster.protocol import ErrorCode, ProtocolError
 from pscluster.sparse_wire import MAX_IDS, ids_key, rows_key, want_key
@@ -247,3 +247,11 @@ def test_checkpoint_round_trip_is_exact_and_resumes_identically() -> None:
     steps(restored, range(9, 14))
     final, resumed = original.state_arrays(), restored.state_arrays()
     assert all((final[k] == resumed[k]).all() for k in final)
+
+
+def test_hash_columns_are_each_columns_own_hash() -> None:
+    values = np.array([0, 1, 7, 1 << 40, (1 << 63) - 1], dtype=np.int64)
+    columns = hash_columns(values, 3, 11, 12)
+    for c in range(3):
+        assert (columns[:, c] == hash_ids(values, 11, 12, c)).all()
+    assert len(np.unique(columns)) == columns.size
