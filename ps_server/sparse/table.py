@@ -23,8 +23,8 @@ MIN_ROWS = 1024
 
 @dataclass
 class TableCounts:
-    """Since the shard started (or was restored): rows created, and why rows went or gradients
-    were dropped."""
+    """Since the table began (checkpoints carry them): rows created, and why rows went or
+    gradients were dropped."""
 
     admitted: int = 0
     evicted_expired: int = 0
@@ -225,6 +225,8 @@ class SparseTable:
             "touched": self.touched[order],
             "pending_ids": pending_ids,
             "pending_counts": self._pending_counts[at],
+            # The counters too, so a restored table's admitted and evicted go on from here.
+            "counts": np.array(list(self.counts.as_dict().values()), dtype=np.int64),
         }
         if self.state is not None:
             arrays["state"] = self.state[order]
@@ -243,6 +245,8 @@ class SparseTable:
         fresh._top = n
         fresh.index = IdIndex(4 * n)
         fresh.index.insert(ids, np.arange(n))
+        if "counts" in arrays:
+            fresh.counts = TableCounts(*(int(c) for c in arrays["counts"]))
         pending_ids = np.asarray(arrays["pending_ids"], dtype=np.int64)
         if len(pending_ids):
             fresh._count_pending(pending_ids, np.asarray(arrays["pending_counts"]))
