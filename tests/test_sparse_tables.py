@@ -255,3 +255,16 @@ def test_hash_columns_are_each_columns_own_hash() -> None:
     for c in range(3):
         assert (columns[:, c] == hash_ids(values, 11, 12, c)).all()
     assert len(np.unique(columns)) == columns.size
+
+
+def test_reset_empties_every_table_back_to_the_initial_rows() -> None:
+    tables = shard_tables(optimizer="sgd", lr=1.0)
+    fresh = shard_tables().tables["emb"].read(ids(1, 2))
+    tables.hold(0, push(ids(1, 2), np.ones((2, 3))))
+    tables.close_step(1.0, 1)
+    tables.hold(1, push(ids(2), np.ones((1, 3))))
+    assert not (tables.tables["emb"].read(ids(1, 2)) == fresh).all()
+    tables.reset()
+    assert (tables.tables["emb"].read(ids(1, 2)) == fresh).all()
+    assert tables.tables["emb"].rows == 0 and tables.held == {}
+    assert tables.tables["emb"].counts.admitted == 2  # what happened is still counted

@@ -48,6 +48,7 @@ class ShardTables:
         num_shards: int,
         wire_dtype: str = "float32",
     ) -> None:
+        self._seed, self._policy = seed, policy
         self.tables = {name: SparseTable(spec, seed, policy) for name, spec in specs.items()}
         self.shard, self.num_shards = shard, num_shards
         self._wire = WIRE_DTYPES[wire_dtype]
@@ -150,6 +151,15 @@ class ShardTables:
         return out
 
     # --- checkpoints and status -----------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to version 0: every table empty (each row its initial values again), no step
+        held. The counters go on (they count what happened, not what is held)."""
+        for name, table in self.tables.items():
+            counts = table.counts
+            self.tables[name] = SparseTable(table.spec, self._seed, self._policy)
+            self.tables[name].counts = counts
+        self.held.clear()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         arrays = {}

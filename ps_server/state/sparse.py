@@ -72,5 +72,10 @@ class SparseRows(ShardCore):
 
         return await self._locked(locked)
 
+    def reset_tables(self) -> None:
+        """Version 0 of the tables (a sync rewind to the start): every table empty."""
+        if self.tables is not None:
+            self.tables.reset()
+
     def sparse_summary(self) -> dict[str, Any]:
         return {} if self.tables is None else {"tables": self.tables.summary()}
