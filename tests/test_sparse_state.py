@@ -16,14 +16,14 @@ from ps_server.metrics import ShardMetrics
 from ps_server.sparse.setup import build_tables
 from ps_server.state import ShardState
 from pscluster.jobspec import Registration
-from pscluster.messages import Push
+from pscluster.messages import Push, Reply, Status
 from pscluster.models.fm import FactorizationMachine
 from pscluster.models.sparse import Rows
-from pscluster.protocol import ErrorCode, ProtocolError
+from pscluster.protocol import ErrorCode, ProtocolError, decode_frame
 from pscluster.settings import JobConfig
 from pscluster.sharding import compute_shard_map, slice_part
 from pscluster.sparse_batches import SparseBatches, dense_grads
-from pscluster.sparse_wire import want_key
+from pscluster.sparse_wire import rows_key, want_key
 from tests.test_clicks import small_log
 
 LOG = small_log(n_train=20_000)
@@ -199,3 +199,20 @@ async def test_async_rows_apply_as_each_push_arrives() -> None:
     start = MODEL.tables()["factors"].init(0, "factors", ids, 4)
     got = table_rows(states, "factors", ids)
     np.testing.assert_allclose(got, start - grads["factors"].values, rtol=1e-6, atol=1e-7)
+
+
+async def test_rows_travel_in_the_wire_dtype() -> None:
+    states = cluster(wire_dtype="bfloat16")
+    batches = SparseBatches(MODEL, SHARDS)
+    batch = batches.plan(LOG.train_batch(np.arange(20))[0])
+    for index, state in enumerate(states):
+        wants = state.parse_sparse(batches.wants(batch, index)).wants
+        reply = Reply(Status.OK, state.version)
+        frame = await state.frame_with_rows(reply, with_params=True, wants=wants)
+        arrays = decode_frame(frame.tobytes()).arrays
+        rows = arrays[rows_key("factors")]
+        assert rows.dtype.name == "bfloat16"
+        exact = state.rows_reply(wants)[rows_key("factors")]
+        np.testing.assert_allclose(rows.astype(np.float32), exact, rtol=1e-2)
+        assert batches.absorb(batch, index, arrays)
+    assert batch.values["factors"].dtype == np.float32 and np.abs(batch.values["factors"]).max() > 0

@@ -12,7 +12,7 @@ import numpy as np
 from ps_server.sparse.tables import ShardTables, SparsePush
 from ps_server.state.core import ShardCore
 from pscluster.messages import Reply
-from pscluster.protocol import EncodedFrame, ErrorCode, ProtocolError, frame_buffers
+from pscluster.protocol import EncodedFrame, ErrorCode, ProtocolError, frame_buffers, to_wire
 from pscluster.sparse_wire import is_sparse_key
 
 NO_ROWS = SparsePush()
@@ -61,6 +61,10 @@ class SparseRows(ShardCore):
             # dense parameters and the rows are of one version.
             arrays = {key: p.copy() for key, p in self.params.items()} if with_params else {}
             arrays.update(self.rows_reply(wants))
+            wire = self.job.wire_dtype.value
+            if wire != "float32":
+                # 16-bit on the wire, as the dense frames: half the bytes of every reply.
+                arrays = {key: to_wire(a, wire) for key, a in arrays.items()}
             header = {**reply.fields(), **self._header(self.version)}
             return frame_buffers(header, arrays)
 
