@@ -116,7 +116,7 @@ async def evaluate(app: web.Application) -> None:
         }
     )
     coordinator.last_eval_step = step
-    app[METRICS].observe_eval(step, float(loss), float(accuracy))
+    app[METRICS].observe_eval(step, float(loss), float(accuracy), scores.get("auc"))
     log.info("step %d: held-out loss %.4f accuracy %.4f", step, loss, accuracy)
 
 

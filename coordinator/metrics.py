@@ -35,21 +35,31 @@ class CoordinatorMetrics:
             "Held-out accuracy at the last evaluation.",
             registry=registry,
         )
+        self.eval_auc = Gauge(
+            "coordinator_eval_auc_ratio",
+            "Held-out AUC at the last evaluation (binary models with predict; else NaN).",
+            registry=registry,
+        )
         self.eval_step = Gauge(
             "coordinator_eval_step", "Global step of the last evaluation.", registry=registry
         )
         # No evaluation yet: NaN, not a loss and accuracy of 0 (PromQL's min/max skip NaN).
         self.eval_loss.set(float("nan"))
         self.eval_accuracy.set(float("nan"))
+        self.eval_auc.set(float("nan"))
         # Every phase is a series from the start (0 or 1), so queries and dashboards never
         # see one appear out of nothing.
         for phase in PHASES:
             self.phase.labels(phase).set(1 if phase == PHASES[0] else 0)
 
-    def observe_eval(self, step: int, loss: float, accuracy: float) -> None:
+    def observe_eval(
+        self, step: int, loss: float, accuracy: float, auc: float | None = None
+    ) -> None:
         self.eval_step.set(step)
         self.eval_loss.set(loss)
         self.eval_accuracy.set(accuracy)
+        if auc is not None:
+            self.eval_auc.set(auc)
 
     def observe_status(
         self, *, live_workers: int, global_step: int, steps: int, phase: str
