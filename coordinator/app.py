@@ -19,6 +19,7 @@ from coordinator.handlers import (
 )
 from coordinator.loops import monitor_loop
 from coordinator.metrics import METRICS, CoordinatorMetrics
+from coordinator.recovery import RECOVERY, Recovery
 from coordinator.state import COORDINATOR, Coordinator
 from pscluster.service import add_auth, add_observability
 from pscluster.settings import CoordinatorSettings
@@ -29,6 +30,7 @@ def build_app(settings: CoordinatorSettings, url: str) -> web.Application:
     registry = CollectorRegistry()
     app[COORDINATOR] = Coordinator(settings)
     app[METRICS] = CoordinatorMetrics(registry)
+    app[RECOVERY] = Recovery()
     add_observability(app, registry)
     app.router.add_post("/register/shard", handle_register_shard)
     app.router.add_post("/register/worker", handle_register_worker)

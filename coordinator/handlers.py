@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from coordinator.loops import announce_membership
+from coordinator.recovery import RECOVERY
 from coordinator.state import COORDINATOR
 from pscluster.jsonbody import parse_json_object, parse_worker_stats
 from pscluster.protocol import MSGPACK, ErrorCode, ProtocolError, error_json
@@ -98,4 +99,5 @@ async def handle_initial(request: web.Request) -> web.Response:
 
 
 async def handle_status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COORDINATOR].status())
+    status = request.app[COORDINATOR].status()
+    return web.json_response({**status, "recovery": request.app[RECOVERY].summary()})

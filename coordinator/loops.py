@@ -14,6 +14,7 @@ from aiohttp import web
 
 from coordinator.membership import may_announce_membership, members_by_rank
 from coordinator.metrics import METRICS
+from coordinator.recovery import maintain_cut
 from coordinator.sparse_eval import HeldOutRows, score
 from coordinator.state import COORDINATOR
 from pscluster.client import get_json, make_session, post_json
@@ -33,11 +34,11 @@ MAX_PARAMS_BYTES = 4 << 30
 async def announce_membership(app: web.Application, *, force: bool) -> None:
     """Send the live worker table to every known shard (when it changed, or when forced)."""
     coordinator = app[COORDINATOR]
-    if not may_announce_membership(
+    if not coordinator.membership_announced and not may_announce_membership(
         registered=len(coordinator.workers),
-        world=coordinator.job.workers + coordinator.job.spares,
+        aggregate=coordinator.job.workers,
         now=time.monotonic(),
-        started=coordinator.started,
+        last_joined=coordinator.last_joined,
         grace_s=coordinator.settings.heartbeat_lease_s,
     ):
         return
@@ -136,6 +137,7 @@ async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
                 last_forced = now
             await announce_membership(app, force=force)
             await poll_shards(app)
+            await maintain_cut(app)
             step = coordinator.global_step
             maybe_kill(settings, step)
             due = step >= coordinator.last_eval_step + settings.eval_every

@@ -41,12 +41,18 @@ def members_by_rank(workers: Mapping[str, WorkerRecord]) -> dict[str, int]:
 
 
 def may_announce_membership(
-    *, registered: int, world: int, now: float, started: float, grace_s: float
+    *, registered: int, aggregate: int, now: float, last_joined: float | None, grace_s: float
 ) -> bool:
-    """Tell shards the membership only once it is trustworthy.
+    """Whether the first membership since the coordinator (re)started may go to the shards.
 
-    Right after (re)start the table holds only the workers that have registered so far; announcing
-    it would let a sync step complete with fewer gradients than N. So wait until every rank is
-    taken or a grace period (one lease: every live worker heartbeats within it) has passed.
+    Until then a shard counts on N gradients a step from whoever pushes. Announcing a table that
+    holds only the workers registered so far would let steps close with fewer than N: on a busy
+    machine the other workers may still be starting (which, with the grace counted from the
+    coordinator's own start, made a few steps at the start of a job close with fewer than N),
+    and after a restart they re-register one by one. So: once N workers have registered, or, if
+    fewer ever come, once no new one has for a grace period (one lease: every live worker
+    heartbeats, and so re-registers, within it). Later changes are announced at once.
     """
-    return registered >= world or now - started >= grace_s
+    if registered >= aggregate:
+        return True
+    return last_joined is not None and now - last_joined >= grace_s

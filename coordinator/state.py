@@ -69,6 +69,7 @@ class Coordinator:
         self.history: list[dict[str, float]] = []
         self.last_eval_step = -1
         self.membership_announced = False
+        self.last_joined: float | None = None  # monotonic time of the latest new registration
         self.membership_changed = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
@@ -136,6 +137,7 @@ class Coordinator:
         if worker_id not in self.workers:
             log.info("worker %s joins as rank %d", worker_id, rank)
             self.workers[worker_id] = WorkerRecord(worker_id, rank, time.monotonic())
+            self.last_joined = time.monotonic()
             self.membership_changed.set()
         if self.training_started is None:
             self.training_started = time.time()

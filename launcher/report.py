@@ -56,6 +56,9 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
         "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
         "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
         "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
+        # sync: the consistent cut each shard last rewound to after a crash, and the cuts
+        "shard_rewound_to": [s.get("rewound_to") for s in status.get("shards", [])],
+        "recovery": status.get("recovery", {}),
         **deadline_summary(status.get("shards", [])),
         # ssp: the largest clock gap any shard saw when a step started, the longest hold
         "max_clock_gap": _max(status.get("shards", []), "max_clock_gap"),

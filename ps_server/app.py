@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
+import numpy as np
 import yarl
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from ps_server.checkpoint import CheckpointStore
 from ps_server.dataplane import Answer, DataPlane, ShardSlot
 from ps_server.dataport import DataPort
 from ps_server.metrics import DataMetrics, ShardMetrics
+from ps_server.recovery import apply_cut, resume, write_checkpoint
 from ps_server.sparse.metrics import register_sparse_metrics
 from ps_server.sparse.setup import build_tables
 from ps_server.sparse.tables import ShardTables
@@ -152,7 +154,8 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
                     params = await fetch_initial(session, settings.coordinator_url, parts, index)
                     state = ShardState(registration.job, settings.shard_index, params, app[METRICS])
                     state.tables = build_tables(registration, index)
-                    restore_newest(state, settings)
+                    resume(state, slot.store)
+                    slot.registration = registration
                     slot.state = state
                     slot.ready.set()
                     log.info("shard %d holds %s", settings.shard_index, sorted(params))
@@ -169,29 +172,48 @@ async def announce_loop(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def restore_newest(state: ShardState, settings: ShardSettings) -> None:
-    """Resume from the newest checkpoint that verifies, if there is one."""
-    if settings.checkpoint_dir is None:
-        return
-    checkpoint = CheckpointStore(settings.checkpoint_dir, settings.shard_index).newest_valid()
-    if checkpoint is not None:
-        state.restore(checkpoint)
-        log.info("restored version %d from %s", checkpoint.version, checkpoint.path)
+async def handle_cut(request: web.Request) -> web.Response:
+    """The coordinator's consistent cut: which checkpoints to keep, and after a restart the
+    version every shard rewinds to (``ps_server.recovery``)."""
+    slot = request.app[SLOT]
+    try:
+        state = slot.state
+        if state is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "shard has not received its job yet", 503)
+        payload = parse_json_object(
+            await read_body(request.content, request.content_length, MEMBERSHIP_BODY_BYTES)
+        )
+        registration = slot.registration
+        assert registration is not None
+        settings = request.app[SETTINGS]
 
+        async def initial() -> dict[str, np.ndarray]:
+            # Back to version 0 (a crash before any checkpoint): the seed's values again.
+            index, token = settings.shard_index, settings.cluster_token()
+            try:
+                async with make_session(settings.request_timeout_s, token=token) as session:
+                    parts = registration.shard_map[index]
+                    return await fetch_initial(session, settings.coordinator_url, parts, index)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                message = f"initial values unavailable ({type(exc).__name__})"
+                raise ProtocolError(ErrorCode.NOT_READY, message, 503) from exc
 
-async def write_checkpoint(state: ShardState, store: CheckpointStore) -> None:
-    version, body = await state.checkpoint_body()
-    path = await asyncio.to_thread(store.write, version, body)
-    log.info("checkpoint of version %d written to %s", version, path)
+        reply = await apply_cut(state, slot.store, payload, initial)
+    except ProtocolError as exc:
+        return web.json_response(
+            {"error": exc.code.value, "message": exc.message}, status=exc.status
+        )
+    return web.json_response(reply)
 
 
 async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
-    """Checkpoint every K versions while running, and once more on the way out."""
-    settings, slot = app[SETTINGS], app[SLOT]
-    if settings.checkpoint_dir is None:
+    """Checkpoint every K versions while running (each taken at its version), and once more on
+    the way out."""
+    slot = app[SLOT]
+    store = slot.store
+    if store is None:
         yield
         return
-    store = CheckpointStore(settings.checkpoint_dir, settings.shard_index)
 
     async def run() -> None:
         await slot.ready.wait()
@@ -199,13 +221,13 @@ async def checkpoint_loop(app: web.Application) -> AsyncIterator[None]:
         while True:
             await slot.state.checkpoint_due.wait()
             slot.state.checkpoint_due.clear()
-            await write_checkpoint(slot.state, store)
+            await write_checkpoint(slot.state, store, final=False)
 
     async with background(run()):
         yield
     # In-flight requests have finished by now (cleanup runs after the server's shutdown).
     if slot.state is not None:
-        await write_checkpoint(slot.state, store)
+        await write_checkpoint(slot.state, store, final=not slot.state.recovering)
 
 
 async def data_port(app: web.Application) -> AsyncIterator[None]:
@@ -239,7 +261,8 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = ShardMetrics(registry)
     register_sparse_metrics(registry, lambda: _tables(app), settings.shard_index)
-    app[SLOT] = ShardSlot()
+    directory = settings.checkpoint_dir
+    app[SLOT] = ShardSlot(CheckpointStore(directory, settings.shard_index) if directory else None)
     app[URL] = url
     slot = app[SLOT]
     app[PLANE] = DataPlane(slot, settings, app[METRICS])
@@ -254,6 +277,7 @@ def build_app(settings: ShardSettings, url: str) -> web.Application:
     app.router.add_post("/rows", handle_rows)
     app.router.add_get("/state", handle_state)
     app.router.add_post("/membership", handle_membership)
+    app.router.add_post("/cut", handle_cut)
     # Stopped in reverse: the announcements, the data port, then the final checkpoint.
     app.cleanup_ctx.append(checkpoint_loop)
     app.cleanup_ctx.append(data_port)

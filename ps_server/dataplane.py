@@ -10,10 +10,12 @@ import asyncio
 import dataclasses
 import time
 
+from ps_server.checkpoint import CheckpointStore
 from ps_server.metrics import ShardMetrics
 from ps_server.sparse.tables import dense_part
 from ps_server.state import OFFLOAD_ELEMENTS, ShardState
 from pscluster.faults import maybe_kill
+from pscluster.jobspec import Registration
 from pscluster.messages import Pull, Push, Refusal, Reply, ReplyStatus, Status
 from pscluster.protocol import EncodedFrame, ErrorCode, ProtocolError, frame_buffers
 from pscluster.settings import Mode, ShardSettings
@@ -36,10 +38,12 @@ class ShardSlot:
     """Holds the shard's state once the coordinator has handed it the job (the app's own mapping
     is frozen after start-up), and the count of pushes in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: CheckpointStore | None = None) -> None:
         self.state: ShardState | None = None
         self.ready = asyncio.Event()
         self.inflight = 0
+        self.store = store
+        self.registration: Registration | None = None
 
 
 class DataPlane:
@@ -53,6 +57,10 @@ class DataPlane:
         state = self.slot.state
         if state is None:
             raise ProtocolError(ErrorCode.NOT_READY, "shard has not received its job yet", 503)
+        if state.recovering:
+            raise ProtocolError(
+                ErrorCode.NOT_READY, "restarted: waiting for the consistent cut", 503
+            )
         return state
 
     def refusal(self, exc: ProtocolError) -> Answer:
@@ -109,7 +117,8 @@ class DataPlane:
         reply = Reply(status, state.version, state.done, waited_s=waited, gate_open=gate_open)
         # Parameters ride along with every reply but a duplicate's (that worker's gradient is
         # in the step; it long-polls for the result). A future_version reply means the shard
-        # restarted from a checkpoint older than what the worker saw: the worker rewinds.
+        # restarted from a checkpoint older than what the worker saw: the worker rewinds; a
+        # rewound one that the shards rewound to a consistent cut (sync): it computes again.
         with_params = message.want_params and verdict.code is not ErrorCode.DUPLICATE
         frame = await state.reply_frame(reply, with_params=with_params, wants=sparse.wants)
         self.metrics.bytes_sent.inc(frame.nbytes)

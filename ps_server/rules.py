@@ -26,11 +26,23 @@ class Verdict:
 
 
 def judge_sync_push(
-    *, version: int, base_version: int, worker: str, contributors: Collection[str], steps: int
+    *,
+    version: int,
+    base_version: int,
+    worker: str,
+    contributors: Collection[str],
+    steps: int,
+    epoch: int = 0,
+    base_epoch: int | None = None,
 ) -> Verdict:
-    """Sync mode: accept a gradient only for the version being aggregated, once per worker."""
+    """Sync mode: accept a gradient only for the version being aggregated, once per worker, and
+    only of the shard's epoch: after a rewind to a consistent cut, a gradient sent before it
+    (a retry, say) may have been dropped by another shard's rewind, and must be computed again.
+    A push that names no epoch (a client of before epochs) is judged by its version alone."""
     if version >= steps:
         return Verdict(ErrorCode.DONE)
+    if base_epoch is not None and base_epoch != epoch:
+        return Verdict(ErrorCode.REWOUND)
     if base_version > version:
         return Verdict(ErrorCode.FUTURE_VERSION)
     if base_version < version:

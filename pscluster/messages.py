@@ -124,6 +124,8 @@ class Push:
     want_params: bool = True  # reply with the parameters (sync: those of the next version)
     # Views of the received body; validated against the shard's arrays by the shard.
     grads: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # sync: the consistent cut the worker's parameters descend from (None: not said)
+    epoch: int | None = None
 
     def header(self) -> dict[str, Any]:
         return {
@@ -134,6 +136,7 @@ class Push:
             "base_version": self.base_version,
             "shard": self.shard,
             "want_params": self.want_params,
+            "epoch": self.epoch,
         }
 
     def with_grads(self, grads: Mapping[str, np.ndarray]) -> Push:
@@ -146,6 +149,7 @@ class Push:
             self.shard,
             self.want_params,
             grads,
+            self.epoch,
         )
 
     @classmethod
@@ -161,6 +165,7 @@ class Push:
             shard=_int(header, "shard"),
             want_params=_bool(header, "want_params", False),
             grads=frame.arrays,
+            epoch=None if header.get("epoch") is None else _int(header, "epoch"),
         )
 
 
@@ -224,6 +229,8 @@ class Reply:
     gate_open: bool = True  # ssp: False when the worker must wait before its next step
     message: str = ""  # why, for a refusal
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # sync: the consistent cut the shard's parameters descend from (set by the shard's frame)
+    epoch: int = 0
 
     def fields(self) -> dict[str, Any]:
         """The reply's own header fields (a shard's reply frame adds them to its version's)."""
@@ -257,6 +264,7 @@ class Reply:
             gate_open=_bool(header, "gate_open", True),
             message=message if isinstance(message, str) else "",
             arrays=frame.arrays,
+            epoch=_int(header, "epoch", 0),
         )
 
 

@@ -110,6 +110,7 @@ class ErrorCode(StrEnum):
     BAD_ID = "bad_id"  # a sparse id below 0 (ids are int64 >= 0)
     DUPLICATE_ID = "duplicate_id"  # an id named twice in one table's ids of one message
     TOO_MANY_IDS = "too_many_ids"  # more ids for one table than pscluster.sparse_wire.MAX_IDS
+    REWOUND = "rewound"  # sync: the gradient is of another epoch (a rewind to a consistent cut)
 
 
 class ProtocolError(Exception):

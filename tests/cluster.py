@@ -63,8 +63,9 @@ class LocalCluster:
         return full
 
     async def wait_shards_ready(self, timeout_s: float = 10.0) -> None:
+        """Until every shard serves: it holds its job and (sync) has joined the cut."""
         deadline = time.monotonic() + timeout_s
-        while any(state is None for state in self.shard_states()):
+        while any(state is None or state.recovering for state in self.shard_states()):
             if time.monotonic() > deadline:
                 raise TimeoutError("shards did not receive their job")
             await asyncio.sleep(0.02)

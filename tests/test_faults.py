@@ -52,3 +52,7 @@ def test_run_survives_sigkill(tmp_path, victim: str) -> None:
         # It came back from its last checkpoint: at most one checkpoint interval lost.
         assert restored is not None and int(step) - 25 <= restored <= int(step)
         assert run["shard_restored_from"][1] is None
+        # With a spare, sync recovery still resumes every shard from one version (the
+        # consistent cut): never a mix of versions, though not bit-identical (which N of N + k
+        # count depends on timing).
+        assert run["shard_rewound_to"] == [restored, restored]

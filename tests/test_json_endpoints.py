@@ -20,6 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 CODES = {code.value for code in ErrorCode}
 COORDINATOR_ENDPOINTS = ["/register/worker", "/heartbeat", "/deregister", "/register/shard"]
 FIELDS = ["worker_id", "rank", "stats", "index", "url", "version", "workers", "steps", "loss"]
+FIELDS += ["keep_from", "rewind", "epoch"]
 
 
 def nested(depth: int, kind: str) -> bytes:
@@ -85,7 +86,8 @@ async def test_every_json_endpoint_refuses_bad_bodies_cleanly() -> None:
         coordinator = cluster.coordinator
         shard_state = cluster.shard_states()[0]
         coord, shard = cluster.coordinator_url, cluster.shard_urls[0]
-        urls = [coord + path for path in COORDINATOR_ENDPOINTS] + [f"{shard}/membership"]
+        urls = [coord + path for path in COORDINATOR_ENDPOINTS]
+        urls += [f"{shard}/membership", f"{shard}/cut"]
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             # A registered worker, so heartbeats and deregistrations have someone to name.

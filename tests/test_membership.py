@@ -38,11 +38,14 @@ def test_members_by_rank() -> None:
 
 
 def test_membership_is_announced_once_trustworthy() -> None:
-    def may(registered: int, now: float) -> bool:
+    def may(registered: int, now: float, last_joined: float | None = 0.5) -> bool:
         return may_announce_membership(
-            registered=registered, world=5, now=now, started=0.0, grace_s=5.0
+            registered=registered, aggregate=4, now=now, last_joined=last_joined, grace_s=5.0
         )
 
-    assert not may(3, 1.0)  # still assembling: 3 of 5 would make steps complete with 3
-    assert may(5, 1.0)
-    assert may(3, 5.0)  # after one lease, whoever is not there is presumed dead
+    assert not may(3, 1.0)  # still assembling: 3 of N = 4 would make steps complete with 3
+    assert may(4, 1.0)  # N are in: no step can close with fewer (a spare joins when it comes)
+    # However long the others take to start: the grace runs from the latest registration.
+    assert not may(3, 30.0, last_joined=26.0)
+    assert may(3, 5.5)  # none came for one lease: whoever is not there is presumed dead
+    assert not may(0, 100.0, last_joined=None)  # nobody to announce

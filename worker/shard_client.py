@@ -71,8 +71,9 @@ class ShardClient:
         base_version: int,
         grads: Mapping[str, np.ndarray],
         want_params: bool = True,
+        epoch: int = 0,
     ) -> Reply:
-        message = Push(worker, rank, base_version, step, self.index, want_params)
+        message = Push(worker, rank, base_version, step, self.index, want_params, epoch=epoch)
         # Framed once, without copying the gradients: they go from their arrays to the socket. A
         # retry resends the same bytes (and the shard refuses a double count).
         frame = frame_buffers(message.header(), grads)

@@ -27,6 +27,7 @@ from pscluster.sampling import batch_indices
 from pscluster.settings import PULL_LONG_POLL_S, Mode, WorkerSettings
 from pscluster.settings.timeouts import UNKNOWN_WORKER_PAUSE_S
 from pscluster.sharding import allocate_full, assemble_into, slice_part
+from worker.alignment import align
 from worker.metrics import WorkerMetrics
 from worker.shard_client import ShardClient, ShardReply
 from worker.sparse_rows import WorkerRows
@@ -46,6 +47,7 @@ EXPECTED: frozenset[ReplyStatus] = frozenset(
         ErrorCode.DONE,
         ErrorCode.UNKNOWN_WORKER,
         ErrorCode.FUTURE_VERSION,  # the shard restarted from an older checkpoint: rewind
+        ErrorCode.REWOUND,  # sync: the shards rewound to a consistent cut; compute again
     }
 )
 # A batch or a model smaller than this is gathered and computed on the event loop: the hop to a
@@ -79,6 +81,7 @@ class ShardView:
     client: ShardClient
     version: int = -1
     done: bool = False
+    epoch: int = 0
 
 
 class Trainer:
@@ -127,7 +130,7 @@ class Trainer:
             raise ShardRefused(f"shard {index} refused: {reply.status}")
         if reply.arrays:
             assemble_into(self.full, self.registration.shard_map[index], reply.arrays)
-            shard.version = reply.version
+            shard.version, shard.epoch = reply.version, reply.epoch
             if self.rows is not None:
                 self.rows.absorb(index, reply.arrays)
         shard.done = shard.done or reply.done
@@ -229,6 +232,7 @@ class Trainer:
                 rank=self.rank(),
                 step=step,
                 base_version=shard.version,
+                epoch=shard.epoch,
                 grads={
                     **{part.key: slice_part(grads[part.param], part) for part in parts},
                     **self._sparse_push(grads, index),
@@ -281,18 +285,26 @@ class Trainer:
         # Rank != 0 in async warmup waits here while rank 0 makes the first W updates; bounded,
         # after which its pushes learn from the shards whether warmup is still on.
         step = 0
-        next_batch = self._prefetch(step)
+        prefetched = (step, self._prefetch(step))
         if self.rows is not None:
-            self.rows.expect((await next_batch)[0])  # the first pull brings its rows
+            self.rows.expect((await prefetched[1])[0])  # the first pull brings its rows
         await self.pull_all(at_least=warmup, max_polls=WARMUP_POLLS)
         await self._pull_missing_rows()
         while not all(shard.done for shard in self.shards):
             maybe_kill(self.settings, step)
             step_started = time.perf_counter()
-            x, y = await next_batch
+            key = await self._batch_key(step)
+            if prefetched[0] != key:
+                prefetched[1].cancel()
+                prefetched = (key, self._prefetch(key))
+                if self.rows is not None:
+                    # Not the batch whose rows the last replies brought (a rewind, a join).
+                    self.rows.expect((await prefetched[1])[0])
+                    await self._pull_missing_rows()
+            x, y = await prefetched[1]
             # Gather the next batch (on a thread, when large) while this one computes and its
             # push waits.
-            next_batch = self._prefetch(step + 1)
+            prefetched = (key + 1, self._prefetch(key + 1))
             started = time.perf_counter()
             if self._offload:
                 loss, grads = await asyncio.to_thread(self._compute, x, y)
@@ -310,10 +322,24 @@ class Trainer:
             self.metrics.observe_phase("delay", delay)
             if self.rows is not None:
                 # The pushes name the next batch's ids: their replies bring its rows.
-                self.rows.expect((await next_batch)[0])
+                self.rows.expect((await prefetched[1])[0])
             await self._exchange(step, grads)
             await self._pull_missing_rows()
             self.metrics.observe_step(time.perf_counter() - step_started, loss, len(y))
             step += 1
-        next_batch.cancel()
+        prefetched[1].cancel()
         return step
+
+    async def _batch_key(self, step: int) -> int:
+        """What the batch is drawn by: in sync mode the version the worker trains on (the same
+        on every shard, ``worker.alignment``), so a worker that rewinds with the shards after a
+        crash, or restarts, draws the very batch of that version again; in async and ssp mode,
+        where versions move with every worker's push, its own step count."""
+        if self.job.mode is not Mode.SYNC:
+            return step
+
+        async def pull(index: int, after: int, wait_s: float) -> None:
+            shard = self.shards[index]
+            self._absorb(index, await shard.client.pull(after=after, wait_s=wait_s))
+
+        return max(0, await align(self.shards, pull))

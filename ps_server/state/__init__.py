@@ -2,7 +2,8 @@
 
 Split by concern: ``core`` (the state, its lock, where the math runs), ``updates`` (writing the
 next version), ``gathering`` (sync steps), ``reads`` (reply frames, long-polls, status),
-``checkpoints`` and ``validation``; ``shard`` assembles them into ``ShardState``.
+``checkpoints``, ``rewinds`` (sync recovery) and ``validation``; ``shard`` assembles them into
+``ShardState``.
 """
 
 from ps_server.state.core import OFFLOAD_ELEMENTS, OwnedGradients

@@ -1,9 +1,16 @@
 """Checkpoint bodies: a consistent copy of the state taken between two updates, and restoring
-from one."""
+from one.
+
+A periodic checkpoint is taken at exactly its version (``_checkpoint_due``, called by the update
+that reaches it, under the lock): every shard's checkpoint of version v then holds the same
+state, an empty step v, so in sync mode all shards can resume from one version (the consistent
+cut). The copy is made at once; encoding and writing happen later, off the lock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +26,12 @@ class Checkpoints(SparseRows):
         return await self._locked(self._checkpoint_body)
 
     async def _checkpoint_body(self) -> tuple[int, bytes]:
+        header, arrays = self._contents()
+        # Encoding copies the arrays, so the file can be written after the lock is released.
+        return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
+
+    def _contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The checkpoint's header and arrays (the state's own, not copies)."""
         arrays = {
             **{f"param/{key}": p for key, p in self.params.items()},
             **{f"opt/{key}": a for key, a in self.optimizer.state().items()},
@@ -32,14 +45,28 @@ class Checkpoints(SparseRows):
         header = {
             "shard": self.index,
             "version": self.version,
+            "epoch": self.epoch,
             "contributors": sorted(self._contributors),
             # How far the rank-ordered fold got (ps_server.fold_order).
             "summed": self._summed,
             "last_folded": self._last_folded,
             "held": sorted(self._held),
         }
-        # Encoding copies the arrays, so the file can be written after the lock is released.
-        return self.version, await asyncio.to_thread(encode_checkpoint, header, arrays)
+        return header, arrays
+
+    def _checkpoint_due(self) -> None:
+        header, arrays = self._contents()
+        copies = {key: np.array(a, copy=True) for key, a in arrays.items()}
+        self.captured.append((self.version, header, copies))
+        self.checkpoint_due.set()
+
+    async def next_captured(self) -> tuple[int, bytes] | None:
+        """The oldest checkpoint taken at its version and not yet written, encoded off the event
+        loop; None when there is none."""
+        if not self.captured:
+            return None
+        version, header, arrays = self.captured.popleft()
+        return version, await asyncio.to_thread(encode_checkpoint, header, arrays)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         arrays = checkpoint.arrays
@@ -65,6 +92,20 @@ class Checkpoints(SparseRows):
         if self.tables is not None:
             self.tables.load_state_arrays(arrays)
         self.version = checkpoint.version
+        self.epoch = max(self.epoch, int(header.get("epoch", 0)))
         self.restored_from = checkpoint.version
         self.metrics.version.set(self.version)
+        self._snapshot = None
+
+    def reset(self, params: dict[str, np.ndarray]) -> None:
+        """Back to version 0: the seed's parameters (which every shard can rebuild, so version
+        0 is in every cut) and a fresh optimizer."""
+        self.params = params
+        self.optimizer = self._new_optimizer(params)
+        self._contributors = set()
+        self._summed = False
+        self._last_folded = None
+        self._held = {}
+        self.version = 0
+        self.metrics.version.set(0)
         self._snapshot = None

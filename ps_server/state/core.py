@@ -6,6 +6,7 @@ that math runs."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ps_server.kernels import flat, for_each_block
 from ps_server.metrics import ShardMetrics
-from ps_server.optimizers import build_optimizer
+from ps_server.optimizers import Optimizer, build_optimizer
 from ps_server.rules import required_contributions
 from ps_server.snapshot import Snapshot
 from pscluster.settings import JobConfig
@@ -25,6 +26,9 @@ T = TypeVar("T")
 # back costs more than the loop is held (under a millisecond at this size). Above it, the math
 # runs on a thread and the loop goes on moving other requests' bytes meanwhile.
 OFFLOAD_ELEMENTS = 1 << 21
+# Checkpoints captured but not yet written: a writer that lags further loses the oldest (the cut
+# then falls on another version every shard holds).
+CAPTURED_KEPT = 4
 
 
 def wake(waiter: asyncio.Future[None]) -> None:
@@ -50,15 +54,7 @@ class ShardCore:
         self.index = index
         self.params = params
         self.metrics = metrics
-        self.optimizer = build_optimizer(
-            job.optimizer,
-            params,
-            lr=job.lr,
-            momentum=job.momentum,
-            beta1=job.beta1,
-            beta2=job.beta2,
-            adam_form=job.adam_form,
-        )
+        self.optimizer = self._new_optimizer(params)
         self.version = 0
         # worker id -> rank, as the coordinator last said; None until it has spoken.
         self.members: dict[str, int] | None = None
@@ -82,10 +78,37 @@ class ShardCore:
         self.stopping = False
         self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes
         self.restored_from: int | None = None
+        # sync recovery (``ps_server.state.rewinds``): a restarted shard serves nobody until the
+        # coordinator names the consistent cut; each cut it applies is a new epoch.
+        self.recovering = False
+        self.epoch = 0
+        self.rewinds = 0
+        self.rewound_to: int | None = None
+        self.checkpoint_versions: list[int] = []  # on disk, for the cut
+        # Checkpoints taken at exactly their version, waiting to be written (a few at most).
+        self.captured: deque[tuple[int, dict[str, Any], dict[str, np.ndarray]]] = deque(
+            maxlen=CAPTURED_KEPT
+        )
         self.max_gather_s = 0.0  # the longest any sync step waited for its gradients
         # Set whenever a version is due for a checkpoint; the app's checkpoint loop writes it.
         self.checkpoint_due = asyncio.Event()
         metrics.version.set(0)
+
+    def _new_optimizer(self, params: dict[str, np.ndarray]) -> Optimizer:
+        job = self.job
+        return build_optimizer(
+            job.optimizer,
+            params,
+            lr=job.lr,
+            momentum=job.momentum,
+            beta1=job.beta1,
+            beta2=job.beta2,
+            adam_form=job.adam_form,
+        )
+
+    def _checkpoint_due(self) -> None:
+        """The version just reached is due for a checkpoint (``Checkpoints`` takes it)."""
+        self.checkpoint_due.set()
 
     @property
     def done(self) -> bool:
@@ -97,7 +120,12 @@ class ShardCore:
         return required_contributions(self.job.workers, live)
 
     def _header(self, version: int) -> dict[str, Any]:
-        return {"version": version, "done": version >= self.job.steps, "shard": self.index}
+        return {
+            "version": version,
+            "done": version >= self.job.steps,
+            "shard": self.index,
+            "epoch": self.epoch,  # sync: which cut these parameters descend from
+        }
 
     def _new_snapshot(self, version: int) -> Snapshot:
         wire = self.job.wire_dtype.value

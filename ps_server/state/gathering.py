@@ -132,7 +132,11 @@ class SyncGathering(Updates):
         elif in_phase(self._sent.get(worker), self.version, self._round_started):
             self._offsets.append(now - self._round_started)
         self._contributors.add(worker)
-        members = () if self.members is None else self.members.values()
+        # Until the coordinator has told the membership, the N + k ranks of the job: a rank that
+        # arrives before a lower one is held for it as always (folding in arrival order here
+        # made the first steps of a job differ from run to run, with three or more workers).
+        world = range(self.job.workers + self.job.spares)
+        members = world if self.members is None else self.members.values()
         in_order = may_fold_now(rank, self._last_folded, members) and (
             not self._held or rank < min(self._held)
         )

@@ -51,7 +51,7 @@ class Reads(SparseRows):
             return await self.frame_with_rows(reply, with_params=with_params, wants=wants)
         if with_params:
             return await self.encoded_params(reply.fields())
-        return frame_buffers({**reply.fields(), "shard": self.index})
+        return frame_buffers({**reply.fields(), "shard": self.index, "epoch": self.epoch})
 
     async def wait_for_version(self, after: int, timeout_s: float) -> None:
         """Return once version > after (or the job is done), or after ``timeout_s``.
@@ -63,7 +63,13 @@ class Reads(SparseRows):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self.version <= after and not self.done and not self.stopping:
+        rewinds = self.rewinds  # a rewind answers at once, with the cut's version
+        while (
+            self.version <= after
+            and not self.done
+            and not self.stopping
+            and self.rewinds == rewinds
+        ):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -93,5 +99,11 @@ class Reads(SparseRows):
             "required": self.required,
             "gathering": len(self._contributors),
             "restored_from": self.restored_from,
+            # sync recovery: waiting for the cut; checkpoints on disk; cuts applied
+            "recovering": self.recovering,
+            "checkpoints": self.checkpoint_versions,
+            "epoch": self.epoch,
+            "rewinds": self.rewinds,
+            "rewound_to": self.rewound_to,
             "max_gather_seconds": self.max_gather_s,
         }

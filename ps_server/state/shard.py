@@ -8,10 +8,9 @@ from typing import Any
 
 from ps_server.rules import Verdict, judge_async_push, judge_sync_push
 from ps_server.sparse.tables import SparsePush
-from ps_server.state.checkpoints import Checkpoints
 from ps_server.state.clocks import SspClocks
-from ps_server.state.gathering import SyncGathering
 from ps_server.state.reads import Reads
+from ps_server.state.rewinds import Rewinds
 from ps_server.state.sparse import NO_ROWS
 from ps_server.state.validation import Validation
 from pscluster.messages import Push
@@ -24,10 +23,11 @@ NOT_A_STEP = (
     ErrorCode.UNKNOWN_WORKER,
     ErrorCode.DONE,
     ErrorCode.FUTURE_VERSION,
+    ErrorCode.REWOUND,
 )
 
 
-class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
+class ShardState(Rewinds, SspClocks, Reads, Validation):
     def snapshot(self) -> dict[str, Any]:
         """``/state``: the shard's counters, the deadline's (sync) and the clocks' (ssp)."""
         extra = self.clock_summary() if self.job.mode is Mode.SSP else self.deadline_summary()
@@ -64,7 +64,7 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
         else:
             # Trust the coordinator's rank over the one the push claims.
             rank = rank if self.members is None else self.members[worker]
-            verdict = self._judge(worker, rank, base_version)
+            verdict = self._judge(worker, rank, base_version, message.epoch)
         if verdict.code in (None, ErrorCode.LATE, ErrorCode.STALE, ErrorCode.WARMUP):
             self.metrics.staleness.observe(max(0, self.version - base_version))
         if self.counts_as_step(verdict):
@@ -83,7 +83,7 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
             await self._apply_async(verdict.scale, message.grads, sparse)
         return verdict
 
-    def _judge(self, worker: str, rank: int, base_version: int) -> Verdict:
+    def _judge(self, worker: str, rank: int, base_version: int, epoch: int | None) -> Verdict:
         if self.job.mode is Mode.SYNC:
             return judge_sync_push(
                 version=self.version,
@@ -91,6 +91,8 @@ class ShardState(SyncGathering, SspClocks, Reads, Checkpoints, Validation):
                 worker=worker,
                 contributors=self._contributors,
                 steps=self.job.steps,
+                epoch=self.epoch,
+                base_epoch=epoch,
             )
         return judge_async_push(
             version=self.version,

@@ -62,7 +62,7 @@ class Updates(SparseRows):
         self.metrics.version.set(self.version)
         every = self.job.checkpoint_every
         if every and self.version % every == 0:
-            self.checkpoint_due.set()
+            self._checkpoint_due()
         # Wake every long-poll waiting on the old version.
         self._wake_version_waiters()
 
