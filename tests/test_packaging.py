@@ -67,3 +67,23 @@ def test_console_script_resolves() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pscluster {up,coordinator,ps,worker}" in result.stdout
+
+
+def test_dependency_ranges_start_at_the_tested_releases() -> None:
+    """Every runtime dependency's range holds the release constraints.txt pins (what CI tests)
+    and allows nothing older than that release's minor line: an untested older aiohttp, say,
+    could lack a public API the data plane relies on."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = Version(version.strip())
+    for text in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(text)
+        pinned = pins[requirement.name.lower().replace("_", "-")]
+        assert requirement.specifier.contains(pinned), (text, pinned)
+        lowest = min(Version(s.version) for s in requirement.specifier if s.operator == ">=")
+        assert (lowest.major, lowest.minor) == (pinned.major, pinned.minor), (text, pinned)

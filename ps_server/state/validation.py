@@ -43,6 +43,12 @@ class Validation(ShardCore):
                 )
             # Block passes need flat views (a gradient off the wire always is contiguous).
             grads[key] = grad if grad.flags.c_contiguous else np.ascontiguousarray(grad)
+        if self._inline:
+            # Small: one check per array here, no block plan.
+            bad = [key for key, grad in grads.items() if not all_finite(grad)]
+            if bad:
+                raise ProtocolError(ErrorCode.NOT_FINITE, f"{min(bad)!r} holds NaN or Inf")
+            return OwnedGradients(grads) if owned else grads
         not_finite: list[str] = []
 
         def finite(name: str, span: slice) -> bool:
