@@ -49,6 +49,7 @@ from bench.common import (
     Helper,
     announce_and_wait_for_stdin_eof,
     counts,
+    cpu_seconds,
     format_table,
     write_json,
 )
@@ -156,16 +157,6 @@ class OnLoop:
     def close(self) -> None:
         self.loop.run_until_complete(self.clients.close())
         self.loop.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of process ``pid`` so far (nanosecond counters of
-    /proc/<pid>/task/*/schedstat; /proc/<pid>/stat counts in 10 ms ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 class Timed:

@@ -66,9 +66,18 @@ class DataLink:
     body (a buffer of its own: the decoded arrays are views of it)."""
 
     def __init__(
-        self, address: str, token: str | None, *, max_reply_bytes: int, connect_timeout_s: float
+        self,
+        address: str,
+        token: str | None,
+        *,
+        max_reply_bytes: int,
+        connect_timeout_s: float,
+        hello: bool = True,
     ) -> None:
+        """``hello=False``: a bare framed connection, for peers that speak frames but not the
+        shard's messages (``bench.transports``' echo server)."""
         self.address = address
+        self.hello = hello
         self.host, self.port = parse_address(address)
         self.token = token
         self.max_reply_bytes = max_reply_bytes
@@ -110,6 +119,8 @@ class DataLink:
             self.connect_timeout_s,
         )
         self._protocol = protocol
+        if not self.hello:
+            return protocol
         hello = frame_buffers(Hello(self.token).header())
         reply = Reply.parse(
             decode_frame(await self._exchange(protocol, hello, self.connect_timeout_s))

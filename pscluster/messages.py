@@ -87,12 +87,14 @@ def _float(header: Mapping[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
+_KINDS: dict[object, Kind] = {kind.value: kind for kind in Kind}
+
+
 def kind_of(frame: Frame) -> Kind:
-    kind = frame.header.get("kind")
-    try:
-        return Kind(str(kind))
-    except ValueError:
-        raise _refuse(f"'kind' must be one of {[k.value for k in Kind]}") from None
+    kind = _KINDS.get(frame.header.get("kind"))
+    if kind is None:
+        raise _refuse(f"'kind' must be one of {[k.value for k in Kind]}")
+    return kind
 
 
 @dataclass(frozen=True, slots=True)

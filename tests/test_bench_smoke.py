@@ -55,7 +55,18 @@ def test_roundtrip_bench(tmp_path: Path) -> None:
     (row,) = figures["rows"]
     assert (row["params"], row["workers"]) == (20000, 2)
     assert_numbers(row, [f"{i}_{u}" for i in ("raw", "naive", "project") for u in ("rts", "mbps")])
-    assert_numbers(row, ["vs_raw", "vs_naive"])
+    assert_numbers(row, [f"{i}_cpu_us" for i in ("raw", "naive", "project")])
+    assert_numbers(row, ["vs_raw", "vs_naive", "cpu_ratio"])
+
+
+@pytest.mark.timeout(120)
+def test_transports_bench(tmp_path: Path) -> None:
+    args = ("--params", "1e2", "--workers", "2", "--repeats", "1", "--min-time", "0.02")
+    stdout, figures = run_bench("transports", *args, tmp_path=tmp_path)
+    assert "websocket us/rt" in stdout
+    (row,) = figures["rows"]
+    transports = ("frames", "streams", "websocket", "http")
+    assert_numbers(row, [f"{t}_{u}" for t in transports for u in ("us", "cpu_us")])
 
 
 @pytest.mark.timeout(120)
@@ -167,3 +178,12 @@ def test_sparse_bench(tmp_path: Path) -> None:
     # A step moves its rows and ids, not the table: 16 floats and 3 ids per row plus framing.
     assert row["step_bytes"] < 1000 * (2 * 16 * 4 + 3 * 8) + 4096
     assert figures["row_bytes"] == 64 and figures["bytes_per_row"] > 64
+
+
+@pytest.mark.timeout(120)
+def test_messages_bench(tmp_path: Path) -> None:
+    args = ("--params", "1e2", "--repeats", "1", "--min-time", "0.01")
+    _, figures = run_bench("messages", *args, tmp_path=tmp_path)
+    assert [row["message"] for row in figures["rows"]] == ["push", "pull", "reply", "refusal"]
+    for row in figures["rows"]:
+        assert_numbers(row, ["frame_us", "decode_us", "parse_us"])
