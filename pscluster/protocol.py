@@ -87,8 +87,11 @@ def to_wire(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
 
     float16 overflows to Inf beyond +-65504: a shard refuses that push as ``not_finite``.
     """
+    array, wire = np.asarray(array), wire_dtype(dtype)
+    if array.dtype == wire:
+        return array
     with np.errstate(over="ignore"):
-        return np.asarray(array).astype(wire_dtype(dtype), copy=False)
+        return array.astype(wire)
 
 
 class ErrorCode(StrEnum):

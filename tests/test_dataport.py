@@ -126,3 +126,24 @@ async def test_nodelay_reconnects_held_replies_and_long_polls() -> None:
         finally:
             a.close()
             b.close()
+
+
+def test_no_private_aiohttp_attributes_or_internal_modules() -> None:
+    """The data plane uses only public APIs: no aiohttp module beyond ``aiohttp`` and
+    ``aiohttp.web``, no swapped protocols, no ``_``-attribute of an aiohttp object."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    internal = re.compile(r"^\s*(from|import) aiohttp\.(?!web\b)", re.M)
+    reaching = re.compile(r"\.set_protocol\(|\b(request|resp|response|handler|protocol)\._[a-z]")
+    sources = [
+        path
+        for package in ("pscluster", "ps_server", "worker", "coordinator", "launcher", "bench")
+        for path in (root / package).rglob("*.py")
+    ]
+    assert len(sources) > 50
+    for path in sources:
+        text = path.read_text()
+        assert not internal.search(text), path
+        assert not reaching.search(text), path

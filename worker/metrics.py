@@ -48,9 +48,12 @@ class WorkerMetrics:
         self.step_count = 0
         self.last_loss: float | None = None
         self.push_tally: Tally[str] = Tally()
+        # Children bound once: a label lookup per step costs more than the observation.
+        self._phases = {phase: self.phase_seconds.labels(phase) for phase in PHASES}
+        self._statuses: dict[str, Any] = {}
 
     def observe_phase(self, phase: str, seconds: float) -> None:
-        self.phase_seconds.labels(phase).observe(seconds)
+        self._phases[phase].observe(seconds)
         self.totals[phase] += seconds
 
     def observe_step(self, seconds: float, loss: float, batch: int) -> None:
@@ -63,7 +66,10 @@ class WorkerMetrics:
         self.last_loss = loss
 
     def observe_push(self, status: str) -> None:
-        self.pushes.labels(status).inc()
+        child = self._statuses.get(status)
+        if child is None:  # statuses are enum members: a bounded set
+            child = self._statuses[status] = self.pushes.labels(status)
+        child.inc()
         self.push_tally[status] += 1
 
     def summary(self) -> dict[str, Any]:
