@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import ml_dtypes
 import msgpack
 import numpy as np
 
 from pscluster.buffers import BUFFERS, BufferPool
+
+# Re-exported: the wire's dtypes are part of the protocol.
+from pscluster.dtypes import WIRE_DTYPES as WIRE_DTYPES
+from pscluster.dtypes import all_finite as all_finite
+from pscluster.dtypes import to_wire as to_wire
+from pscluster.dtypes import wire_dtype as wire_dtype
 
 MSGPACK = "application/msgpack"
 
@@ -36,62 +41,6 @@ MSGPACK = "application/msgpack"
 MAX_HEADER_BYTES = 1 << 20
 # Array payloads start at multiples of this, so decoded views are aligned for vector math.
 ALIGNMENT = 64
-
-# Only plain numeric dtypes cross the wire: no object arrays, nothing that needs pickle.
-# bfloat16 is ml_dtypes' (the one JAX and TensorFlow use): float32's exponent, 8 mantissa bits.
-WIRE_DTYPES: dict[str, np.dtype] = {
-    **{
-        name: np.dtype(name)
-        for name in ("float16", "float32", "float64", "int32", "int64", "uint8")
-    },
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
-# The bits of a 16-bit float's exponent: all ones means Inf or NaN. Keyed by dtype, not by its
-# name: NumPy computes ``dtype.name`` in Python, microseconds per call.
-_EXPONENT_BITS = {WIRE_DTYPES["float16"]: 0x7C00, WIRE_DTYPES["bfloat16"]: 0x7F80}
-_WIRE_OF: dict[object, np.dtype] = {dtype: dtype for dtype in WIRE_DTYPES.values()}
-_WIRE_OF.update(WIRE_DTYPES)
-
-
-def wire_dtype(dtype: str | np.dtype) -> np.dtype:
-    """The wire dtype ``dtype`` names (a name or a dtype); KeyError if it cannot cross."""
-    found = _WIRE_OF.get(dtype)
-    return found if found is not None else WIRE_DTYPES[np.dtype(dtype).name]
-
-
-def all_finite(array: np.ndarray) -> bool:
-    """No NaN or Inf, in one fast pass over the array's memory.
-
-    float32/64: the dot product of the array with itself is finite exactly when every element is
-    (NaN and Inf propagate), unless finite values are large enough to overflow it; only then is
-    the exact elementwise test run. 16-bit floats: the largest exponent field, read as integers.
-    (No floating-point warnings to silence: neither ``vdot`` nor ``isfinite`` raises them.)
-    """
-    dtype = array.dtype
-    bits = _EXPONENT_BITS.get(dtype)
-    if bits is not None:
-        if array.size == 0:
-            return True
-        magnitudes = np.bitwise_and(array.reshape(-1).view(np.uint16), np.uint16(0x7FFF))
-        return int(magnitudes.max()) < bits
-    if dtype.kind != "f":
-        return True
-    flat = array.reshape(-1)
-    if math.isfinite(float(np.vdot(flat, flat))):
-        return True
-    return bool(np.isfinite(array).all())
-
-
-def to_wire(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
-    """``array`` as ``dtype`` for sending (rounded to nearest for 16-bit; no copy if it is).
-
-    float16 overflows to Inf beyond +-65504: a shard refuses that push as ``not_finite``.
-    """
-    array, wire = np.asarray(array), wire_dtype(dtype)
-    if array.dtype == wire:
-        return array
-    with np.errstate(over="ignore"):
-        return array.astype(wire)
 
 
 class ErrorCode(StrEnum):
@@ -393,11 +342,6 @@ def _decode_array(name: str, spec: Any, payload: memoryview) -> np.ndarray:
     if count * dtype.itemsize != nbytes or offset + nbytes > len(payload):
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape disagrees with its bytes")
     return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-def error_frame(code: ErrorCode, message: str, **fields: Any) -> bytes:
-    """A refusal on the data plane: a frame whose header says ``status: <code>``."""
-    return encode_frame({"status": str(code), "message": message, **fields})
 
 
 def error_json(code: ErrorCode, message: str, **fields: Any) -> dict[str, Any]:
