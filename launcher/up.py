@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ from pscluster.settings import (
     load_settings,
 )
 from pscluster.settings.job import divergence_warnings
-from pscluster.settings.timeouts import STATUS_POLL_S, STATUS_RETRY_S, WORKERS_LEAVE_S
+from pscluster.settings.timeouts import (
+    READY_POLL_S,
+    SERVICE_READY_TIMEOUT_S,
+    STATUS_POLL_S,
+    STATUS_RETRY_S,
+    WORKERS_LEAVE_S,
+)
 from pscluster.startup import add_settings_flags
 
 # Job flags the launcher hands to the coordinator; service fields (host, port, ...) it sets itself.
@@ -160,6 +167,10 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
             )
             for i in range(settings.shards)
         ]
+        # Workers start once every shard holds its job, so that they all register at once: one
+        # that tried too early would back off and join late (in ssp mode, behind the others).
+        for shard in cluster.shards:
+            wait_holds_job(cluster.wait_ready(shard))
         for index in range(settings.world):
             slow = index < args.slow_workers
             cluster.workers.append(
@@ -250,6 +261,20 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def wait_holds_job(url: str, timeout_s: float = SERVICE_READY_TIMEOUT_S) -> None:
+    """Until the service at ``url`` answers ``/readyz`` with 200 (a shard: it holds its job)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=STATUS_RETRY_S + 1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # 503 until it holds its job, or not listening yet
+        time.sleep(READY_POLL_S)
+    raise LaunchError(f"{url} did not become ready within {timeout_s} s")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -31,11 +31,16 @@ def test_ssp_with_defaults_trains(bounded: dict) -> None:
 def test_no_step_started_more_than_s_ahead(bounded: dict) -> None:
     assert 1 <= bounded["max_clock_gap"] <= 2
     # The workers' own counts agree: the fast ones ran at most S (+ the step in flight when
-    # the job ended) ahead of the slow one. Unbounded, they would run about five times as many.
+    # the job ended) ahead of the slow one, plus the steps they made while it was still
+    # starting: worker processes register up to a few hundred milliseconds apart, and one that
+    # joins late starts at the slowest live clock (by design: it holds nobody back), so its own
+    # count is lower by what the others did meanwhile (10% of the run at most here; with steps
+    # of a few milliseconds that lag alone is several steps). Unbounded, the fast ones would run
+    # about five times as many.
     steps = {w["worker_id"]: w["steps"] for w in bounded["workers"]}
     slow = steps.pop("worker0")
     assert slow > 100
-    assert all(slow <= fast <= slow + 2 + 1 for fast in steps.values()), (slow, steps)
+    assert all(slow <= fast <= slow * 1.1 + 2 + 1 for fast in steps.values()), (slow, steps)
 
 
 def test_a_dead_worker_blocks_no_longer_than_its_lease(tmp_path: Path) -> None:
