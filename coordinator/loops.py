@@ -151,6 +151,7 @@ async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
                     if final and coordinator.last_eval_step >= coordinator.job.steps:
                         coordinator.finished = time.time()
                         log.info("job done: %s", coordinator.history[-1])
+            app[METRICS].observe_turnover(coordinator.turnover)
             app[METRICS].observe_status(
                 live_workers=len(coordinator.workers),
                 global_step=coordinator.global_step,

@@ -15,20 +15,55 @@ class WorkerRecord:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+# The most workers a job's table holds (N + k and any extra ones): per-worker state is capped.
+MAX_WORKERS = 256
+
+
 def assign_rank(
-    workers: Mapping[str, WorkerRecord], worker_id: str, world: int, preferred: int | None = None
+    workers: Mapping[str, WorkerRecord],
+    worker_id: str,
+    world: int,
+    preferred: int | None = None,
+    *,
+    cap: int = MAX_WORKERS,
 ) -> int | None:
     """A known worker keeps its rank; a returning one (after a coordinator restart) gets the rank
-    it asks for when that is free; a new one gets the lowest free rank below ``world``.
+    it asks for when that is free; a new one gets the lowest free rank, below ``world`` (N + k)
+    while one is free, else beyond it: an elastic worker, a spare in sync mode (a step averages
+    the first N gradients in), one more replica in async mode.
 
-    None when all N + k ranks are held by live workers.
+    None when ``cap`` workers are live.
     """
     if worker_id in workers:
         return workers[worker_id].rank
     taken = {record.rank for record in workers.values()}
-    if preferred is not None and 0 <= preferred < world and preferred not in taken:
+    lowest = next((rank for rank in range(max(cap, world)) if rank not in taken), None)
+    if preferred is None or preferred in taken or not 0 <= preferred < max(cap, world):
+        return lowest
+    # Beyond N + k only once every rank below is taken: the N + k parts of the data come first.
+    if preferred < world or (lowest is not None and lowest >= world):
         return preferred
-    return next((rank for rank in range(world) if rank not in taken), None)
+    return lowest
+
+
+@dataclass
+class Turnover:
+    """Joins, leaves and restarts since the coordinator started (soft state, like the table)."""
+
+    joined: int = 0  # workers seen for the first time
+    rejoined: int = 0  # a worker id that had left or expired came back: a restarted worker
+    left: int = 0  # said goodbye (done, or stopped)
+    expired: int = 0  # missed its heartbeats: presumed dead
+    shard_restarts: int = 0  # a shard registered afresh after it had served
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "joined": self.joined,
+            "rejoined": self.rejoined,
+            "left": self.left,
+            "expired": self.expired,
+            "shard_restarts": self.shard_restarts,
+        }
 
 
 def expired_workers(workers: Mapping[str, WorkerRecord], now: float, lease_s: float) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from coordinator.membership import Turnover
 
 PHASES = ("waiting", "warmup", "training", "done")
 
@@ -43,6 +45,28 @@ class CoordinatorMetrics:
         self.eval_step = Gauge(
             "coordinator_eval_step", "Global step of the last evaluation.", registry=registry
         )
+        self.joins = Counter(
+            "coordinator_worker_joins",
+            "Workers that registered: new ones, and ones that had left or expired (a restart).",
+            ["kind"],
+            registry=registry,
+        )
+        self.leaves = Counter(
+            "coordinator_worker_leaves",
+            "Workers that left the membership: said goodbye, or missed their heartbeats.",
+            ["reason"],
+            registry=registry,
+        )
+        self.shard_restarts = Counter(
+            "coordinator_shard_restarts",
+            "Shards that registered afresh after serving.",
+            registry=registry,
+        )
+        self._counted = Turnover()
+        for kind in ("new", "returning"):
+            self.joins.labels(kind)
+        for reason in ("left", "expired"):
+            self.leaves.labels(reason)
         # No evaluation yet: NaN, not a loss and accuracy of 0 (PromQL's min/max skip NaN).
         self.eval_loss.set(float("nan"))
         self.eval_accuracy.set(float("nan"))
@@ -60,6 +84,16 @@ class CoordinatorMetrics:
         self.eval_accuracy.set(accuracy)
         if auc is not None:
             self.eval_auc.set(auc)
+
+    def observe_turnover(self, now: Turnover) -> None:
+        """Count the joins, leaves and restarts since the last look."""
+        was = self._counted
+        self.joins.labels("new").inc(now.joined - was.joined)
+        self.joins.labels("returning").inc(now.rejoined - was.rejoined)
+        self.leaves.labels("left").inc(now.left - was.left)
+        self.leaves.labels("expired").inc(now.expired - was.expired)
+        self.shard_restarts.inc(now.shard_restarts - was.shard_restarts)
+        self._counted = Turnover(**now.as_json())
 
     def observe_status(
         self, *, live_workers: int, global_step: int, steps: int, phase: str

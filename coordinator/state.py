@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from coordinator.membership import WorkerRecord, assign_rank, expired_workers
+from coordinator.membership import MAX_WORKERS, Turnover, WorkerRecord, assign_rank, expired_workers
 from coordinator.sparse_eval import HeldOutRows
 from pscluster.datasets import Dataset, load_dataset
 from pscluster.initial import initial_frame
@@ -70,6 +70,7 @@ class Coordinator:
         self.last_eval_step = -1
         self.membership_announced = False
         self.last_joined: float | None = None  # monotonic time of the latest new registration
+        self.turnover = Turnover()
         self.membership_changed = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
@@ -111,6 +112,12 @@ class Coordinator:
             self.shard_urls[index] = url
             self.shard_data_urls[index] = data_url
             self.membership_changed.set()
+        if version is None and self.shard_states[index].get("ready"):
+            # A process without the job yet, where one had served: the shard restarted. What it
+            # reported before is gone (the cut waits for its new report).
+            log.warning("shard %d restarted", index)
+            self.turnover.shard_restarts += 1
+            self.shard_states[index] = {}
         if version is not None:
             self.shard_states[index]["version"] = version
         return self.registration()
@@ -133,9 +140,21 @@ class Coordinator:
         world = self.job.workers + self.job.spares
         rank = assign_rank(self.workers, worker_id, world, preferred_rank)
         if rank is None:
-            raise ProtocolError(ErrorCode.CLUSTER_FULL, "all N + k worker ranks are taken", 409)
+            raise ProtocolError(ErrorCode.CLUSTER_FULL, f"{MAX_WORKERS} workers are live", 409)
         if worker_id not in self.workers:
-            log.info("worker %s joins as rank %d", worker_id, rank)
+            returning = self.departed.pop(worker_id, None) is not None
+            if returning:
+                self.turnover.rejoined += 1
+            else:
+                self.turnover.joined += 1
+            spare = " (beyond N + k)" if rank >= world else ""
+            log.info(
+                "worker %s %s as rank %d%s",
+                worker_id,
+                "rejoins" if returning else "joins",
+                rank,
+                spare,
+            )
             self.workers[worker_id] = WorkerRecord(worker_id, rank, time.monotonic())
             self.last_joined = time.monotonic()
             self.membership_changed.set()
@@ -151,9 +170,13 @@ class Coordinator:
         record.stats = stats
         return {"phase": self.phase, "rank": record.rank}
 
-    def deregister(self, worker_id: str, stats: dict[str, Any]) -> None:
+    def deregister(self, worker_id: str, stats: dict[str, Any], *, expired: bool = False) -> None:
         record = self.workers.pop(worker_id, None)
         if record is not None:
+            if expired:
+                self.turnover.expired += 1
+            else:
+                self.turnover.left += 1
             self.departed[worker_id] = {**stats, "rank": record.rank}
             # Workers come and go for the whole job; only the latest few are remembered.
             while len(self.departed) > MAX_DEPARTED:
@@ -185,7 +208,8 @@ class Coordinator:
         gone = expired_workers(self.workers, now, self.settings.heartbeat_lease_s)
         for worker_id in gone:
             log.warning("worker %s missed its heartbeats; dropped", worker_id)
-            self.deregister(worker_id, {**self.workers[worker_id].stats, "expired": True})
+            stats = {**self.workers[worker_id].stats, "expired": True}
+            self.deregister(worker_id, stats, expired=True)
         return gone
 
     def status(self) -> dict[str, Any]:
@@ -203,6 +227,8 @@ class Coordinator:
             "aggregate": self.job.workers,
             "spares": self.job.spares,
             "live_workers": len(self.workers),
+            # Joins, leaves and restarts since this coordinator started.
+            "membership": self.turnover.as_json(),
             "seconds": (self.finished or now) - self.training_started
             if self.training_started
             else 0.0,

@@ -15,11 +15,11 @@ from pathlib import Path
 from pscluster.settings import ENV_PREFIX
 from pscluster.settings.timeouts import READY_POLL_S, SERVICE_READY_TIMEOUT_S, STOP_GRACE_S
 
-# A dead service (coordinator, shard or worker) is restarted on its port, as compose's
-# ``restart: on-failure`` would. Restarts are limited by rate, not by a lifetime count: a service
-# that died RESTART_BURST times within RESTART_WINDOW_S is crash-looping (a bad setting, a full
-# disk: such a service dies within a second of each start) and ends the job; one killed now and
-# then, however often over a long job, even every 2 s, comes back.
+# A dead service (coordinator, shard or worker) is restarted on its port as its compose restart
+# policy says (``launcher.restart_policy``). Restarts are limited by rate, not by a lifetime
+# count: a service that died RESTART_BURST times within RESTART_WINDOW_S is crash-looping (a bad
+# setting, a full disk: such a service dies within a second of each start) and ends the job; one
+# killed now and then, however often over a long job, even every 2 s, comes back.
 RESTART_BURST = 10
 RESTART_WINDOW_S = 15.0
 
@@ -53,6 +53,10 @@ class Service:
     log_path: Path
     url: str = ""
     restart_times: list[float] = field(default_factory=list)  # time.monotonic() of each
+    started_at: float = field(default_factory=time.monotonic)
+    # Docker's restart delay (launcher.restart_policy): the last one, and when the next is due.
+    restart_delays: list[float] = field(default_factory=list)
+    restart_due: float | None = None
 
     @property
     def restarts(self) -> int:
@@ -112,6 +116,7 @@ class Cluster:
                 service.module, service.env, service.ready_file, service.log_path
             )
             service.restart_times.append(time.monotonic())
+            service.started_at = time.monotonic()
             try:
                 self.wait_ready(service)
                 return

@@ -54,11 +54,15 @@ def summarize(status: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
         "job": status.get("job", {}),
         "run_dir": str(cluster.run_dir),
         "restarts": {s.name: s.restarts for s in cluster.services if s.restarts},
+        # the delay before each restart (Docker's: 100 ms, doubling after short runs)
+        "restart_delays": {s.name: s.restart_delays for s in cluster.services if s.restarts},
         "faults": {name: fired_at(cluster.fault_marker(name)) for name in cluster.faults},
         "shard_restored_from": [s.get("restored_from") for s in status.get("shards", [])],
         # sync: the consistent cut each shard last rewound to after a crash, and the cuts
         "shard_rewound_to": [s.get("rewound_to") for s in status.get("shards", [])],
         "recovery": status.get("recovery", {}),
+        # joins, leaves and restarts the coordinator saw (since its own last start)
+        "membership": status.get("membership", {}),
         **deadline_summary(status.get("shards", [])),
         # ssp: the largest clock gap any shard saw when a step started, the longest hold
         "max_clock_gap": _max(status.get("shards", []), "max_clock_gap"),
@@ -144,6 +148,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("fast workers' step time", _fmt(summary["fast_worker_step_seconds"])),
         ("slow workers' step time", _fmt(summary["slow_worker_step_seconds"])),
         ("gradients applied", str(grads.get("applied", 0))),
+        *(
+            (f"workers {what}", str(count))
+            for what, count in summary.get("membership", {}).items()
+            if what != "shard_restarts" and count
+        ),
+        *(
+            (("restarts", ", ".join(f"{n} {c}" for n, c in summary["restarts"].items())),)
+            if summary.get("restarts")
+            else ()
+        ),
         *(
             (
                 ("deadline (latest step)", _fmt(summary["deadline_seconds"])),

@@ -27,10 +27,12 @@ from launcher.processes import (
     RESTART_WINDOW_S,
     Cluster,
     LaunchError,
+    Service,
     free_port,
     may_restart,
 )
 from launcher.report import get_status, print_summary, progress_line, summarize
+from launcher.restart_policy import policy_for, restart_delay, restarts_after
 from pscluster.settings import (
     ENV_PREFIX,
     Backend,
@@ -228,20 +230,8 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
         for service in [cluster.coordinator, *cluster.shards, *cluster.workers]:
             assert service is not None
             returncode = service.process.poll()
-            if returncode is None:
-                continue
-            if returncode == 0:
-                if service in cluster.workers:
-                    continue  # a worker that is done
-                # A clean exit means someone stopped it on purpose: do not fight them.
-                raise LaunchError(f"{service.name} stopped; see {service.log_path}")
-            if not may_restart(service.restart_times, time.monotonic()):
-                raise LaunchError(
-                    f"{service.name} keeps dying (exit {returncode}, {RESTART_BURST} times "
-                    f"within {RESTART_WINDOW_S:.0f} s); see {service.log_path}"
-                )
-            print(f"{service.name} died (exit {returncode}); restarting")
-            cluster.restart(service)
+            if returncode is not None:
+                supervise(cluster, service, returncode)
         try:
             status = get_status(url)
         except (urllib.error.URLError, TimeoutError, ConnectionError):
@@ -257,6 +247,31 @@ def follow(cluster: Cluster, url: str, args: argparse.Namespace) -> dict[str, An
             return status
         time.sleep(STATUS_POLL_S)
     raise LaunchError(f"job not done after {args.timeout} s")
+
+
+def supervise(cluster: Cluster, service: Service, returncode: int) -> None:
+    """A service has exited: restart it as its compose restart policy says, after Docker's
+    delay (without holding up the watch over the others), or end the job when it crash-loops."""
+    now = time.monotonic()
+    if service.restart_due is not None:
+        if now >= service.restart_due:
+            service.restart_due = None
+            cluster.restart(service)
+        return
+    if not restarts_after(policy_for(service.name), returncode):
+        if service in cluster.workers:
+            return  # a worker that is done (exit 0)
+        raise LaunchError(f"{service.name} stopped (exit {returncode}); see {service.log_path}")
+    if not may_restart(service.restart_times, now):
+        raise LaunchError(
+            f"{service.name} keeps dying (exit {returncode}, {RESTART_BURST} times "
+            f"within {RESTART_WINDOW_S:.0f} s); see {service.log_path}"
+        )
+    previous = service.restart_delays[-1] if service.restart_delays else None
+    delay = restart_delay(previous, now - service.started_at)
+    service.restart_delays.append(delay)
+    service.restart_due = now + delay
+    print(f"{service.name} died (exit {returncode}); restarting in {delay:.1f} s")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -20,8 +20,11 @@ def batch_indices(
     """int64 indices into a training set of ``n`` examples for worker ``rank`` at ``step``.
 
     "sample": every worker draws ``batch_size`` distinct examples from the whole set, afresh
-    each step. "shard": the set is split into ``world`` disjoint parts; each worker walks its
-    part in epochs, reshuffled every epoch, and a batch may run across an epoch boundary.
+    each step. "shard": the set is split into ``world`` (N + k) disjoint parts, fixed for the
+    job whatever the number of workers; rank r walks part r mod ``world`` in epochs, reshuffled
+    every epoch (in an order of its own rank), and a batch may run across an epoch boundary. A
+    worker that joins takes a free rank and its part; one beyond N + k shares a part with a
+    lower rank; a part whose rank is free goes unvisited until a worker takes the rank.
     """
     _check(n, batch_size, rank=rank, world=world, step=step, mode=mode)
     if mode == "sample":
@@ -30,7 +33,7 @@ def batch_indices(
         rng = np.random.default_rng([seed, rank, step])
         return rng.choice(n, batch_size, replace=False).astype(np.int64, copy=False)
 
-    part_size = len(_shard(n, seed, world, rank))
+    part_size = len(_shard(n, seed, world, rank % world))
     start = step * batch_size
     first_epoch, last_epoch = start // part_size, (start + batch_size - 1) // part_size
     walk = np.concatenate(
@@ -43,7 +46,7 @@ def batch_indices(
 def shard_part(n: int, *, seed: int, rank: int, world: int) -> np.ndarray:
     """The examples worker ``rank`` of ``world`` owns in shard mode (unordered, int64)."""
     _check(n, 1, rank=rank, world=world, step=0, mode="shard")
-    return _shard(n, seed, world, rank).copy()
+    return _shard(n, seed, world, rank % world).copy()
 
 
 def _check(n: int, batch_size: int, *, rank: int, world: int, step: int, mode: str) -> None:
@@ -51,8 +54,8 @@ def _check(n: int, batch_size: int, *, rank: int, world: int, step: int, mode: s
         raise ValueError(f"unknown sampling mode {mode!r}; expected one of {', '.join(MODES)}")
     if world <= 0:
         raise ValueError(f"world must be positive, got {world}")
-    if not 0 <= rank < world:
-        raise ValueError(f"rank must be in [0, {world}), got {rank}")
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if step < 0:
@@ -74,7 +77,7 @@ def _shard(n: int, seed: int, world: int, rank: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _epoch_order(n: int, seed: int, world: int, rank: int, epoch: int) -> np.ndarray:
-    part = _shard(n, seed, world, rank)
+    part = _shard(n, seed, world, rank % world)
     order = part[np.random.default_rng([seed, rank, epoch]).permutation(len(part))]
     order.setflags(write=False)
     return order

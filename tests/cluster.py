@@ -35,7 +35,24 @@ class LocalCluster:
     coordinator: Coordinator
     shard_urls: list[str]
     shard_apps: list[web.Application]
+    stack: contextlib.AsyncExitStack
     worker_apps: list[web.Application] = field(default_factory=list)
+
+    async def start_worker(self, worker_id: str, **overrides: Any) -> web.Application:
+        """One more worker, now (stopped with the cluster)."""
+        settings = WorkerSettings(
+            coordinator_url=self.coordinator_url,
+            worker_id=worker_id,
+            backend="numpy",
+            heartbeat_interval_s=0.2,
+            token=TOKEN,
+            **overrides,
+        )
+        _, app = await self.stack.enter_async_context(
+            running_service(lambda url: worker_app(settings, url), settings)
+        )
+        self.worker_apps.append(app)
+        return app
 
     async def status(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         _, status = await get_json(session, f"{self.coordinator_url}/status", 5.0)
@@ -110,18 +127,7 @@ async def local_cluster(
             )
             shard_urls.append(url)
             shard_apps.append(app)
-        cluster = LocalCluster(coord_url, coord_app[COORDINATOR], shard_urls, shard_apps)
+        cluster = LocalCluster(coord_url, coord_app[COORDINATOR], shard_urls, shard_apps, stack)
         for index, overrides in enumerate(workers or []):
-            worker_settings = WorkerSettings(
-                coordinator_url=coord_url,
-                worker_id=f"worker{index}",
-                backend="numpy",
-                heartbeat_interval_s=0.2,
-                token=TOKEN,
-                **overrides,
-            )
-            _, app = await stack.enter_async_context(
-                running_service(lambda url, s=worker_settings: worker_app(s, url), worker_settings)
-            )
-            cluster.worker_apps.append(app)
+            await cluster.start_worker(f"worker{index}", **overrides)
         yield cluster

@@ -1,9 +1,10 @@
 """Chaos: a seeded harness SIGKILLs a random service of a running `pscluster up` every 2 s,
-12 times, workers included; the launcher restarts each (as compose's ``restart: on-failure``
-would) and the job still reaches 95% held-out accuracy."""
+12 times, workers included; the launcher restarts each as its compose restart policy says
+(``launcher.restart_policy``) and the job still reaches 95% held-out accuracy."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -94,5 +95,10 @@ def test_random_sigkills_every_two_seconds(tmp_path: Path) -> None:
     # Every kill was seen and answered by one restart, and the job finished to its usual level.
     assert text.count("restarting") == KILLS, text
     assert sum(run["restarts"].values()) == KILLS
+    # Each restarted as its compose restart policy says, after Docker's delay: 100 ms, doubled
+    # after a run shorter than 10 s, 100 ms again after a longer one.
+    for name, delays in run["restart_delays"].items():
+        assert delays[0] == 0.1, (name, delays)
+        assert all(b in (0.1, 2 * a) for a, b in itertools.pairwise(delays)), delays
     assert run["steps"] == STEPS
     assert run["accuracy"] >= TARGET_ACCURACY

@@ -19,11 +19,14 @@ def test_assign_rank() -> None:
     assert assign_rank({}, "a", 3) == 0
     assert assign_rank(table(a=0, b=2), "c", 3) == 1
     assert assign_rank(table(a=0, b=2), "b", 3) == 2  # a known worker keeps its rank
-    assert assign_rank(table(a=0, b=1, c=2), "d", 3) is None  # N + k ranks all taken
+    # N + k ranks all taken: an elastic worker beyond them (a spare in sync mode), up to the cap.
+    assert assign_rank(table(a=0, b=1, c=2), "d", 3) == 3
+    assert assign_rank(table(a=0, b=1, c=2), "d", 3, cap=3) is None
     # A worker returning after a coordinator restart gets the rank it asks for, when free.
     assert assign_rank(table(a=0), "b", 3, preferred=2) == 2
     assert assign_rank(table(a=0), "b", 3, preferred=0) == 1
-    assert assign_rank(table(a=0), "b", 3, preferred=7) == 1
+    assert assign_rank(table(a=0), "b", 3, preferred=7) == 1  # ranks below N + k first
+    assert assign_rank(table(a=0, b=1, c=2), "d", 3, preferred=7) == 7
 
 
 def test_expired_workers() -> None:

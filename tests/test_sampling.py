@@ -103,10 +103,23 @@ def test_returned_batches_do_not_alias_the_cache() -> None:
     assert (shard_part(20, seed=0, rank=0, world=2) >= 0).all()
 
 
+def test_a_rank_beyond_the_world_walks_a_lower_ranks_part_in_its_own_order() -> None:
+    # Shard mode keeps the N + k parts of the job whatever the number of workers: rank 5 of a
+    # world of 3 (an elastic worker) walks part 5 mod 3 = 2, in an order of its own.
+    n, world, b = 90, 3, 6
+    extra = [
+        batch_indices(n, b, seed=2, rank=5, world=world, step=s, mode="shard") for s in range(5)
+    ]
+    own = [batch_indices(n, b, seed=2, rank=2, world=world, step=s, mode="shard") for s in range(5)]
+    part = set(shard_part(n, seed=2, rank=2, world=world).tolist())
+    assert set(np.concatenate(extra).tolist()) == part  # one epoch of part 2, all of it
+    assert set(shard_part(n, seed=2, rank=5, world=world).tolist()) == part
+    assert not np.array_equal(np.concatenate(extra), np.concatenate(own))
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (dict(rank=2, world=2), "rank"),
         (dict(rank=-1, world=2), "rank"),
         (dict(world=0), "world"),
         (dict(batch_size=0), "batch_size"),
