@@ -217,24 +217,20 @@ def test_checkpoint_round_trip_is_exact_and_resumes_identically() -> None:
                 tables.hold(rank, push(i, rng.standard_normal((len(i), 3))))
             tables.close_step(0.5, version)
 
-    policy = {"admit_after": 2, "evict_after": 6}
-    original = ShardTables(
-        {"emb": TableSpec("emb", 3, NormalInit(0.1), capacity=30)},
-        seed=7,
-        policy=TablePolicy(**policy),  # type: ignore[arg-type]  # test kwargs
-        shard=0,
-        num_shards=1,
-    )
+    def fresh() -> ShardTables:
+        return ShardTables(
+            {"emb": TableSpec("emb", 3, NormalInit(0.1), capacity=30)},
+            seed=7,
+            policy=TablePolicy(admit_after=2, evict_after=6),
+            shard=0,
+            num_shards=1,
+        )
+
+    original = fresh()
     steps(original, range(1, 9))
     original.hold(1, push(ids(5, 8), np.ones((2, 3))))  # a step in progress
     saved = {k: a.copy() for k, a in original.state_arrays().items()}
-    restored = ShardTables(
-        {"emb": TableSpec("emb", 3, NormalInit(0.1), capacity=30)},
-        seed=7,
-        policy=TablePolicy(**policy),  # type: ignore[arg-type]  # test kwargs
-        shard=0,
-        num_shards=1,
-    )
+    restored = fresh()
     restored.load_state_arrays(saved)
     again = restored.state_arrays()
     assert sorted(again) == sorted(saved)
