@@ -95,11 +95,17 @@ class DataLink:
     async def _exchange(
         self, protocol: _LinkProtocol, frame: EncodedFrame | bytes, timeout_s: float
     ) -> memoryview:
-        assert protocol.transport is not None
+        transport = protocol.transport
+        assert transport is not None
+        if protocol.lost or transport.is_closing():
+            # The shard closed the connection after it opened (killed during the hello, say):
+            # a connection failure that retry() answers, not a write on a closed transport.
+            self.close()
+            raise ConnectionResetError("data connection closed by the shard")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[memoryview] = loop.create_future()
         protocol.pending = future
-        write_frame(protocol.transport, frame)
+        write_frame(transport, frame)
         # A timer, not asyncio.wait_for: that wraps the wait in a task of its own (Python 3.11).
         timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
