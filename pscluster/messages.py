@@ -233,6 +233,9 @@ class Reply:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     # sync: the consistent cut the shard's parameters descend from (set by the shard's frame)
     epoch: int = 0
+    # The frame carries the shard's parameters of ``version`` (set by the shard's frame; a
+    # shard that holds no dense part sends none, yet its version counts).
+    params: bool = False
 
     def fields(self) -> dict[str, Any]:
         """The reply's own header fields (a shard's reply frame adds them to its version's)."""
@@ -267,6 +270,7 @@ class Reply:
             message=message if isinstance(message, str) else "",
             arrays=frame.arrays,
             epoch=_int(header, "epoch", 0),
+            params=_bool(header, "params", False),
         )
 
 

@@ -216,3 +216,47 @@ async def test_rows_travel_in_the_wire_dtype() -> None:
         np.testing.assert_allclose(rows.astype(np.float32), exact, rtol=1e-2)
         assert batches.absorb(batch, index, arrays)
     assert batch.values["factors"].dtype == np.float32 and np.abs(batch.values["factors"]).max() > 0
+
+
+async def test_a_live_shard_rewinds_its_tables_to_the_cut(tmp_path: Path) -> None:
+    """sync recovery on a shard that did not restart: a rewind to a checkpointed version brings
+    back that version's tables (rows, per-row state, last-update versions, admission counts,
+    counters), a rewind to version 0 empties them."""
+    policies = {"sparse_optimizer": "adagrad", "admit_after": 2, "evict_after": 2}
+    states = cluster(**policies)
+    batches = SparseBatches(MODEL, SHARDS)
+    for s in range(3):
+        await step(states, batches, *batches_of(s), [0, 1, 2])
+    bodies = [await state.checkpoint_body() for state in states]
+    at_cut = [state.tables.state_arrays() for state in states if state.tables]
+    assert all(len(arrays["sparse/factors/pending_ids"]) > 0 for arrays in at_cut)
+    assert all(arrays["sparse/factors/counts"][1] > 0 for arrays in at_cut)  # some expired
+    for s in range(3, 5):
+        await step(states, batches, *batches_of(s), [2, 1, 0])
+    for index, (state, (version, body)) in enumerate(zip(states, bodies, strict=True)):
+        store = CheckpointStore(tmp_path / str(index), index)
+        checkpoint = store.load(store.write(version, body))
+        initial = {k: p.copy() for k, p in cluster()[index].params.items()}
+        assert await state.rewind(
+            version=3, epoch=7, members=None, checkpoint=checkpoint, initial=None
+        )
+        assert state.version == 3 and state.rewound_to == 3 and state.tables is not None
+        now = state.tables.state_arrays()
+        assert sorted(now) == sorted(at_cut[index])
+        assert all((now[k] == at_cut[index][k]).all() for k in now), index
+        assert await state.rewind(
+            version=0, epoch=8, members=None, checkpoint=None, initial=initial
+        )
+        empty = state.tables.tables["factors"]
+        assert state.version == 0 and empty.rows == 0 and empty.pending.size == 0
+        assert empty.counts.admitted == 0 and state.tables.held == {}
+
+
+async def test_a_shard_without_dense_parameters_still_reports_their_version() -> None:
+    """fm's bias lives on one shard; the other's replies carry no dense array, yet say that
+    they carry its parameters of their version (a worker aligning on versions needs it)."""
+    empty = next(state for state in cluster() if not state.params)
+    pulled = Reply.parse(decode_frame((await empty.encoded_params({"status": "ok"})).tobytes()))
+    assert pulled.params and not pulled.arrays and pulled.version == 0
+    frame = await empty.reply_frame(Reply(Status.OK, 0), with_params=False)  # header alone
+    assert not Reply.parse(decode_frame(frame.tobytes())).params

@@ -128,11 +128,13 @@ class Trainer:
         shard = self.shards[index]
         if reply.status not in EXPECTED:
             raise ShardRefused(f"shard {index} refused: {reply.status}")
-        if reply.arrays:
+        if reply.params:
+            # Not "if reply.arrays": a sparse model's shard may hold no dense part, and the
+            # version of its rows-less replies (alignment's pulls) must still count.
             assemble_into(self.full, self.registration.shard_map[index], reply.arrays)
             shard.version, shard.epoch = reply.version, reply.epoch
-            if self.rows is not None:
-                self.rows.absorb(index, reply.arrays)
+        if self.rows is not None and reply.arrays:
+            self.rows.absorb(index, reply.arrays)
         shard.done = shard.done or reply.done
 
     async def pull_all(self, *, at_least: int = 0, max_polls: int = 1) -> None:

@@ -219,6 +219,10 @@ class SparseTable:
         live = np.flatnonzero(self.slot_ids[: self._top] >= 0)
         order = live[np.argsort(self.slot_ids[live], kind="stable")]
         pending_ids, at = self.pending.items()
+        # In id order too (the index's own order depends on its history): equal tables, equal
+        # checkpoints, whatever led to them.
+        by_id = np.argsort(pending_ids, kind="stable")
+        pending_ids, at = pending_ids[by_id], at[by_id]
         arrays = {
             "ids": self.slot_ids[order],
             "values": self.values[order],

@@ -154,11 +154,11 @@ class ShardTables:
 
     def reset(self) -> None:
         """Back to version 0: every table empty (each row its initial values again), no step
-        held. The counters go on (they count what happened, not what is held)."""
+        held, the counters at zero. They are the history of the tables' version, as a restore
+        from a checkpoint takes them back to its version's, so a run that rewinds ends with the
+        counts of the run that did not (a Prometheus scrape sees a counter reset)."""
         for name, table in self.tables.items():
-            counts = table.counts
             self.tables[name] = SparseTable(table.spec, self._seed, self._policy)
-            self.tables[name].counts = counts
         self.held.clear()
 
     def state_arrays(self) -> dict[str, np.ndarray]:

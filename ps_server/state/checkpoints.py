@@ -99,9 +99,10 @@ class Checkpoints(SparseRows):
 
     def reset(self, params: dict[str, np.ndarray]) -> None:
         """Back to version 0: the seed's parameters (which every shard can rebuild, so version
-        0 is in every cut) and a fresh optimizer."""
+        0 is in every cut), a fresh optimizer and empty tables."""
         self.params = params
         self.optimizer = self._new_optimizer(params)
+        self.reset_tables()
         self._contributors = set()
         self._summed = False
         self._last_folded = None

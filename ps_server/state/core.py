@@ -120,7 +120,11 @@ class ShardCore:
         return required_contributions(self.job.workers, live)
 
     def _header(self, version: int) -> dict[str, Any]:
+        """The header of a frame that carries this shard's parameters of ``version``."""
         return {
+            # Set even when the shard holds no dense part (a sparse model's): the frame's
+            # version is then the worker's to take, though no array came with it.
+            "params": True,
             "version": version,
             "done": version >= self.job.steps,
             "shard": self.index,

@@ -65,7 +65,7 @@ class SparseRows(ShardCore):
             if wire != "float32":
                 # 16-bit on the wire, as the dense frames: half the bytes of every reply.
                 arrays = {key: to_wire(a, wire) for key, a in arrays.items()}
-            header = {**reply.fields(), **self._header(self.version)}
+            header = {**reply.fields(), **self._header(self.version), "params": with_params}
             return frame_buffers(header, arrays)
 
         if self._inline:
