@@ -20,6 +20,10 @@ import numpy as np
 from ps_server.kernels import flat, for_each_block
 from pscluster.protocol import EncodedFrame, snapshot_target
 
+# A payload up to this size is copied for its replies instead of lent: a copy of 32 KiB takes
+# about what a loan's finalizer does.
+COPIED_BYTES = 1 << 15
+
 
 class _Loans:
     """How many loans are out. Apart from the snapshot, so that finalizers do not keep it alive;
@@ -47,6 +51,7 @@ class Snapshot:
         self.layout, self._payload, self.arrays = snapshot_target(like, dtype)
         self.header = dict(header)
         self._loans = _Loans()
+        self._copy: bytes | None = None  # a small payload's bytes, for every reply of a version
 
     def fill(self, source: Mapping[str, np.ndarray]) -> None:
         """Copy ``source`` in, converted to the frame's dtype, split across cores."""
@@ -66,6 +71,13 @@ class Snapshot:
         loan's, under the version's header with the reply's own ``fields`` added (its status,
         how long it was held: a few bytes of prefix encoded per reply, the payload never)."""
         prefix = self.layout.prefix({**fields, **self.header} if fields else self.header)
+        if self.layout.size <= COPIED_BYTES:
+            # Small: the version's bytes copied once and shared by its replies, no loan (that
+            # costs more than the copy), so the next update may always write in place.
+            copy = self._copy
+            if copy is None:
+                copy = self._copy = self._payload.tobytes()
+            return EncodedFrame((prefix, copy), len(prefix) + len(copy))
         view = self._payload[:]
         self._loans.lent()
         weakref.finalize(view, self._loans.returned)
@@ -74,3 +86,4 @@ class Snapshot:
     def reheader(self, header: Mapping[str, Any]) -> None:
         """The same payload under a new header (a new version, after an update in place)."""
         self.header = dict(header)
+        self._copy = None

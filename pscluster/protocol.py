@@ -125,19 +125,43 @@ class Layout:
 
     arrays: dict[str, list[Any]]
     size: int
+    # The header's last entries, packed once: ``"arrays": {...}`` and the filler's key.
+    _entries: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        entries = msgpack.packb("arrays") + msgpack.packb(self.arrays)
+        if self.arrays:
+            entries += msgpack.packb(PAD_KEY)
+        object.__setattr__(self, "_entries", entries)
 
     def prefix(self, header: Mapping[str, Any]) -> bytes:
         """Everything before the payload: the msgpack array marker, the header, the bin length.
 
         With arrays, a filler entry (``PAD_KEY``, last) brings the prefix to a multiple of
-        ALIGNMENT: packed empty, then its bin8 length byte patched and the filler appended, so
-        the header is packed once.
+        ALIGNMENT: a bin8 of as many zero bytes as it takes. Only the message's own fields are
+        packed per call; the layout's entries were packed once.
         """
         if "arrays" in header or PAD_KEY in header:
             raise ValueError(f"'arrays' and {PAD_KEY!r} are reserved in frame headers")
         # 0xc6: bin 32 with a big-endian length. Always bin 32, so the payload offset is known
         # before the payload is written.
         tail = b"\xc6" + _BIN32.pack(self.size)
+        entries = len(header) + (2 if self.arrays else 1)
+        if entries > _FIXMAP_MAX:
+            return self._prefix_packed_whole(header, tail)
+        # A map of up to 15 entries is one marker byte and its key-value pairs back to back.
+        fields = msgpack.packb(header)[1:] if header else b""
+        marker = bytes((0x80 | entries,))
+        if not self.arrays:
+            return b"".join((b"\x92", marker, fields, self._entries, tail))
+        # 1 (array marker) + marker + fields + entries + 2 (bin8 marker, length) + filler + tail
+        extra = -(1 + 1 + len(fields) + len(self._entries) + 2 + len(tail)) % ALIGNMENT
+        return b"".join(
+            (b"\x92", marker, fields, self._entries, b"\xc4", bytes((extra,)), bytes(extra), tail)
+        )
+
+    def _prefix_packed_whole(self, header: Mapping[str, Any], tail: bytes) -> bytes:
+        """``prefix`` for a header of more than 15 fields: the whole map packed at once."""
         if not self.arrays:
             return b"\x92" + msgpack.packb({**header, "arrays": {}}, use_bin_type=True) + tail
         packed = msgpack.packb({**header, "arrays": self.arrays, PAD_KEY: b""}, use_bin_type=True)
@@ -146,6 +170,8 @@ class Layout:
         return b"".join((b"\x92", packed[:-1], bytes((extra,)), bytes(extra), tail))
 
 
+# The most entries a msgpack fixmap holds (its count is the marker's low four bits).
+_FIXMAP_MAX = 15
 _BIN32 = struct.Struct(">I")
 
 
@@ -280,12 +306,72 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
     view = memoryview(buffer).cast("B")
     if len(view) < 2 or view[0] != 0x92:
         raise ProtocolError(ErrorCode.BAD_FRAME, "body is not a msgpack [header, payload] array")
+    found = _aligned_header(view)
+    if found is None:
+        header, start, length = _scanned_header(view)
+    else:
+        header, start = found
+        length = len(view) - start
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "header is not a map")
+    if start + length != len(view):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "payload length disagrees with the body size")
+    payload = view[start:]
+    layout = header.pop("arrays", {})
+    header.pop(PAD_KEY, None)
+    if not isinstance(layout, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "'arrays' is not a map")
+    arrays = {name: _decode_array(name, spec, payload) for name, spec in layout.items()}
+    return Frame(header=header, arrays=arrays)
+
+
+# How far into a body the quick look for the end of an aligned prefix goes (headers are usually
+# a few hundred bytes; a longer one is found by scanning).
+_ALIGNED_LOOK_BYTES = 4096
+# A payload-less frame's last five bytes: an empty bin 32.
+_EMPTY_BIN32 = b"\xc6\x00\x00\x00\x00"
+
+
+def _aligned_header(view: memoryview) -> tuple[Any, int] | None:
+    """The header and payload start of a frame as ``Layout.prefix`` writes them, in one
+    ``unpackb``: the prefix ends with a bin 32 marker and the payload's length, at a multiple
+    of ALIGNMENT (or at the body's end, for no payload). None if no such end is found.
+
+    A candidate end is exact when the bytes before it unpack as one object: msgpack is
+    self-delimiting, so a shorter slice is truncated and a longer one has extra data, and both
+    raise.
+    """
+    total = len(view)
+    if total >= 6 and view[total - 5 :] == _EMPTY_BIN32:
+        found = _unpacked_before(view, total)
+        if found is not None:
+            return found
+    for end in range(ALIGNMENT, min(total, _ALIGNED_LOOK_BYTES) + 1, ALIGNMENT):
+        if view[end - 5] == 0xC6 and _BIN32.unpack_from(view, end - 4)[0] == total - end:
+            found = _unpacked_before(view, end)
+            if found is not None:
+                return found
+    return None
+
+
+def _unpacked_before(view: memoryview, end: int) -> tuple[Any, int] | None:
+    """The header, if the bytes between the array marker and the bin 32 ending at ``end`` are
+    one msgpack object."""
+    try:
+        return msgpack.unpackb(view[1 : end - 5], raw=False, strict_map_key=True), end
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def _scanned_header(view: memoryview) -> tuple[Any, int, int]:
+    """Any frame's header, the start of its payload and the payload's declared length: the
+    header unpacked from windows of growing size (``Unpacker`` says where it ended)."""
     # read_size: its first buffer (by default a megabyte, allocated and freed per frame).
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES, read_size=4096
     )
-    # Feed a small window first (headers are usually a few hundred bytes), then more if needed:
-    # feeding copies, and a 1 MiB window would copy a megabyte of every 40 MB body.
+    # Feed a small window first, then more if needed: feeding copies, and a 1 MiB window would
+    # copy a megabyte of every 40 MB body.
     end = 1
     limit = min(len(view), 1 + MAX_HEADER_BYTES)
     window = 512
@@ -301,18 +387,8 @@ def decode_frame(buffer: bytes | bytearray | memoryview) -> Frame:
             window *= 16
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"header is not valid msgpack: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "header is not a map")
     start, length = _bin_span(view, 1 + unpacker.tell())
-    if start + length != len(view):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "payload length disagrees with the body size")
-    payload = view[start:]
-    layout = header.pop("arrays", {})
-    header.pop(PAD_KEY, None)
-    if not isinstance(layout, dict):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "'arrays' is not a map")
-    arrays = {name: _decode_array(name, spec, payload) for name, spec in layout.items()}
-    return Frame(header=header, arrays=arrays)
+    return header, start, length
 
 
 def _natural(value: Any) -> bool:
@@ -341,7 +417,8 @@ def _decode_array(name: str, spec: Any, payload: memoryview) -> np.ndarray:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"array {name!r}: bad offset or size")
     if count * dtype.itemsize != nbytes or offset + nbytes > len(payload):
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape disagrees with its bytes")
-    return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+    array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+    return array if len(shape) == 1 else array.reshape(shape)
 
 
 def error_json(code: ErrorCode, message: str, **fields: Any) -> dict[str, Any]:

@@ -8,9 +8,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from ps_server.metrics import ShardMetrics
+from ps_server.snapshot import COPIED_BYTES
 from ps_server.state import ShardState
 from pscluster.messages import Push
-from pscluster.protocol import ErrorCode, ProtocolError
+from pscluster.protocol import EncodedFrame, ErrorCode, ProtocolError, decode_frame
 from pscluster.settings import JobConfig
 
 
@@ -72,17 +73,27 @@ async def test_long_poll_wakes_on_the_next_version() -> None:
     assert state.version == 1
 
 
+def big_state() -> ShardState:
+    """One parameter of more bytes than ps_server.snapshot copies: its replies borrow the frame."""
+    config = JobConfig(optimizer="sgd", lr=0.5, steps=100, workers=1)
+    params = {"w": np.zeros(COPIED_BYTES // 4 + 16, np.float32)}
+    return ShardState(config, 0, params, ShardMetrics(CollectorRegistry()))
+
+
+def big_grad(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(COPIED_BYTES // 4 + 16, value, np.float32)}
+
+
+def payload(frame: EncodedFrame) -> np.ndarray:
+    return np.frombuffer(frame.buffers[1], np.uint8)
+
+
 async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_it() -> None:
-    from pscluster.protocol import decode_frame
-
-    def payload(frame) -> np.ndarray:
-        return np.frombuffer(frame.buffers[1], np.uint8)
-
-    state = make_state(workers=1)
+    state = big_state()
     first = await state.encoded_params()
     assert np.shares_memory(payload(first), payload(await state.encoded_params()))  # encoded once
     # A reply still holds version 0: version 1 is written elsewhere and version 0 stays intact.
-    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=big_grad(1.0)))
     second = await state.encoded_params()
     assert not np.shares_memory(payload(first), payload(second))
     old, new = decode_frame(first.tobytes()), decode_frame(second.tobytes())
@@ -92,7 +103,7 @@ async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_
     # Once nobody holds version 1's frame, the next update runs in it, in place.
     params_before = state.params["w"]
     del first, second
-    await state.push(Push(worker="a", rank=0, base_version=1, grads=grad(1.0)))
+    await state.push(Push(worker="a", rank=0, base_version=1, grads=big_grad(1.0)))
     assert state.params["w"] is params_before
     np.testing.assert_array_equal(state.params["w"], -1.0)
     third = await state.encoded_params()
@@ -100,6 +111,26 @@ async def test_a_version_is_encoded_once_and_overwritten_only_when_nobody_holds_
     decoded = decode_frame(third.tobytes())
     assert decoded.header["version"] == 2
     np.testing.assert_array_equal(decoded.arrays["w"], -1.0)
+
+
+async def test_a_small_version_is_copied_once_and_updated_in_place() -> None:
+    state = make_state(workers=1)
+    await state.push(Push(worker="a", rank=0, base_version=0, grads=grad(1.0)))
+    # From version 1 the parameters live in their frame.
+    first = await state.encoded_params()
+    # Every reply of a version shares one copy of its bytes (no loan to count back in).
+    assert payload(first).base is payload(await state.encoded_params()).base
+    params_before = state.params["w"]
+    await state.push(Push(worker="a", rank=0, base_version=1, grads=grad(1.0)))
+    # A reply still holding version 1 does not stop version 2 from being written in place...
+    assert state.params["w"] is params_before
+    second = await state.encoded_params()
+    # ... and keeps version 1's bytes.
+    old, new = decode_frame(first.tobytes()), decode_frame(second.tobytes())
+    assert old.header["version"] == 1 and new.header["version"] == 2
+    np.testing.assert_array_equal(old.arrays["w"], -0.5)
+    np.testing.assert_array_equal(new.arrays["w"], -1.0)
+    np.testing.assert_array_equal(new.arrays["b"], -1.0)
 
 
 def test_validation_refuses_bad_gradients() -> None:
