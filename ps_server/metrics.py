@@ -10,20 +10,15 @@ The same counters serve the JSON ``/state``.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pscluster.protocol import ErrorCode
+from pscluster.tallies import Buckets, Value, counter, gauge, histogram, labelled_counter
 
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 GATHER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -32,59 +27,6 @@ REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 # Ranks are below N + k; a rank label at or above the largest world a job may have is a client's
 # mistake, counted under "other" so that no client can grow the label set without bound.
 MAX_RANK_LABEL = 4096 + 4096
-
-
-class Value:
-    """A counter's or a gauge's number."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: float = 0.0) -> None:
-        self.value = value
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
-
-    def set(self, value: float) -> None:
-        self.value = value
-
-
-class Buckets:
-    """A histogram's counts per bucket (not cumulative: one add per observation) and sum."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(float(bound) for bound in bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf only)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        # Bucket i holds the values in (bounds[i-1], bounds[i]]: Prometheus' ``le``.
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """``(le, count)`` pairs as the exposition has them, ``+Inf`` last."""
-        pairs, running = [], 0
-        for bound, count in zip((*map(_le, self.bounds), "+Inf"), self.counts, strict=True):
-            running += count
-            pairs.append((bound, float(running)))
-        return pairs
-
-
-def _le(bound: float) -> str:
-    # prometheus_client writes bounds as Go does: 0.0, 0.001, 2.5, 10.0 (repr, for these).
-    return repr(float(bound))
-
-
-def _histogram(
-    name: str, documentation: str, series: Iterable[tuple[list[str], Buckets]], labels: list[str]
-) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, documentation, labels=labels)
-    for values, buckets in series:
-        family.add_metric(values, buckets.cumulative(), buckets.total)
-    return family
 
 
 class ShardMetrics(Collector):
@@ -120,72 +62,59 @@ class ShardMetrics(Collector):
         self.tally_dropped[reason.value] += 1
 
     def collect(self) -> Iterator[Metric]:
-        yield _gauge("ps_version", "Updates this shard has applied.", self.version.value)
-        yield _counter("ps_gradients_received", "Gradient pushes received.", self.tally_received)
-        applied = CounterMetricFamily(
+        yield gauge("ps_version", "Updates this shard has applied.", self.version.value)
+        yield counter("ps_gradients_received", "Gradient pushes received.", self.tally_received)
+        yield labelled_counter(
             "ps_gradients_applied",
             "Gradients applied (summed into a step, or applied on arrival in async), by rank.",
-            labels=["rank"],
+            "rank",
+            self._applied_by_rank.items(),
         )
-        for rank, count in self._applied_by_rank.items():
-            applied.add_metric([rank], count)
-        yield applied
-        dropped = CounterMetricFamily(
-            "ps_gradients_dropped", "Gradient pushes refused, by reason.", labels=["reason"]
+        yield labelled_counter(
+            "ps_gradients_dropped",
+            "Gradient pushes refused, by reason.",
+            "reason",
+            self.tally_dropped.items(),
         )
-        for reason, count in self.tally_dropped.items():
-            dropped.add_metric([reason], count)
-        yield dropped
-        yield _histogram(
+        yield histogram(
             "ps_gradient_staleness",
             "Shard version at arrival minus the gradient's base version.",
             [([], self.staleness)],
-            [],
         )
-        yield _histogram(
+        yield histogram(
             "ps_sync_gather_seconds",
             "sync: time from a step's first gradient to its last.",
             [([], self.gather_seconds)],
-            [],
         )
-        yield _gauge(
+        yield gauge(
             "ps_sync_deadline_seconds",
             "sync: the deadline of the latest step, from its first gradient (NaN: none).",
             self.deadline_seconds.value,
         )
-        yield _counter(
+        yield counter(
             "ps_sync_steps_closed_early",
             "sync: steps closed at their deadline with fewer than N gradients.",
             self.steps_closed_early.value,
         )
-        yield _histogram(
+        yield histogram(
             "ps_sync_step_gradients",
             "sync: gradients averaged per step.",
             [([], self.step_gradients)],
-            [],
         )
-        yield _counter(
+        yield counter(
             "ps_received_bytes", "Request body bytes received.", self.bytes_received.value
         )
-        yield _counter("ps_sent_bytes", "Response body bytes sent.", self.bytes_sent.value)
-        yield _gauge(
+        yield counter("ps_sent_bytes", "Response body bytes sent.", self.bytes_sent.value)
+        yield gauge(
             "ps_live_workers",
             "Live workers, as the coordinator last said.",
             self.live_workers.value,
         )
-        yield _gauge(
+        yield gauge(
             "ps_sync_required_gradients",
             "Gradients that complete a sync step now.",
             self.required.value,
         )
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, value=value)
 
 
 class DataMetrics(Collector):
@@ -216,7 +145,7 @@ class DataMetrics(Collector):
         for (kind, status), count in self._counts.items():
             requests.add_metric([kind, str(status)], count)
         yield requests
-        yield _histogram(
+        yield histogram(
             "ps_data_request_duration_seconds",
             "Time to answer a data-port request (a held sync reply included), by kind.",
             [([kind], timer) for kind, timer in self._seconds.items()],

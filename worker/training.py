@@ -217,11 +217,15 @@ class Trainer:
             return {}
         return self.rows.push_arrays(grads, index, self.job.wire_dtype.value)
 
-    async def _exchange(self, step: int, grads: dict[str, Any]) -> None:
+    async def _exchange(
+        self, step: int, grads: dict[str, Any], meanwhile: Callable[[], object] | None = None
+    ) -> None:
         """Push to every shard not yet done, all at once; absorb the parameters that come back.
 
         ``grads`` are in the wire dtype already; the shards' parts of them are views (no copy),
-        and replies in a 16-bit wire dtype are upcast as they are absorbed."""
+        and replies in a 16-bit wire dtype are upcast as they are absorbed. ``meanwhile`` runs
+        once every push is written, while the shards answer (the next batch is drawn there);
+        its time is not counted as push time."""
         started = time.perf_counter()
         waited = 0.0
 
@@ -274,10 +278,18 @@ class Trainer:
                 waited += time.perf_counter() - started_gate
                 self._absorb(index, reply)
 
-        await asyncio.gather(
+        pushes = asyncio.gather(
             *(exchange(i) for i, shard in enumerate(self.shards) if not shard.done)
         )
-        elapsed = time.perf_counter() - started
+        busy = 0.0
+        if meanwhile is not None:
+            # One turn of the loop: each push runs until it waits for its reply (written).
+            await asyncio.sleep(0)
+            began = time.perf_counter()
+            meanwhile()
+            busy = time.perf_counter() - began
+        await pushes
+        elapsed = time.perf_counter() - started - busy
         self.metrics.observe_phase("wait", waited)
         self.metrics.observe_phase("push", max(0.0, elapsed - waited))
 
@@ -304,9 +316,17 @@ class Trainer:
                     self.rows.expect((await prefetched[1])[0])
                     await self._pull_missing_rows()
             x, y = await prefetched[1]
-            # Gather the next batch (on a thread, when large) while this one computes and its
-            # push waits.
-            prefetched = (key + 1, self._prefetch(key + 1))
+            # The next batch: a large one gathered on a thread while this one computes and its
+            # push waits; a small one drawn on the loop while the pushes are in flight (a dense
+            # model's: a sparse one's pushes name the next batch's rows).
+            draw_later = self.rows is None and not self._offload
+
+            def draw_next(next_key: int = key + 1) -> None:
+                nonlocal prefetched
+                prefetched = (next_key, self._prefetch(next_key))
+
+            if not draw_later:
+                draw_next()
             started = time.perf_counter()
             if self._offload:
                 loss, grads = await asyncio.to_thread(self._compute, x, y)
@@ -325,7 +345,7 @@ class Trainer:
             if self.rows is not None:
                 # The pushes name the next batch's ids: their replies bring its rows.
                 self.rows.expect((await prefetched[1])[0])
-            await self._exchange(step, grads)
+            await self._exchange(step, grads, draw_next if draw_later else None)
             await self._pull_missing_rows()
             self.metrics.observe_step(time.perf_counter() - step_started, loss, len(y))
             step += 1
