@@ -17,7 +17,7 @@ from collections import deque
 
 from ps_server.dataplane import Answer, DataPlane
 from ps_server.metrics import DataMetrics
-from pscluster.messages import Hello, Kind, Pull, Push, Reply, Status, kind_of
+from pscluster.messages import WIRE_NAMES, Hello, Kind, Pull, Push, Reply, Status, kind_of
 from pscluster.protocol import ErrorCode, Frame, ProtocolError, decode_frame, frame_buffers
 from pscluster.receive import FrameReceiver, write_frame
 from pscluster.service import bind_socket
@@ -100,7 +100,7 @@ class DataConnection(FrameReceiver):
         try:
             frame = decode_frame(body)
             kind_value = kind_of(frame)
-            kind = kind_value.value
+            kind = WIRE_NAMES[kind_value]
             if kind_value is Kind.HELLO or not self.authorized:
                 answer, close = self._hello(frame if kind_value is Kind.HELLO else None)
             elif kind_value is Kind.PUSH:

@@ -88,6 +88,11 @@ def _float(header: Mapping[str, Any], name: str, default: float) -> float:
 
 
 _KINDS: dict[object, Kind] = {kind.value: kind for kind in Kind}
+# An enum member's ``.value`` is a descriptor call (about a microsecond): the hot paths look the
+# plain strings up here instead.
+WIRE_NAMES: dict[ReplyStatus | Kind, str] = {
+    member: member.value for member in (*Status, *ErrorCode, *Kind)
+}
 
 
 def kind_of(frame: Frame) -> Kind:
@@ -95,6 +100,9 @@ def kind_of(frame: Frame) -> Kind:
     if kind is None:
         raise _refuse(f"'kind' must be one of {[k.value for k in Kind]}")
     return kind
+
+
+_PUSH, _PULL = Kind.PUSH.value, Kind.PULL.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,7 @@ class Push:
 
     def header(self) -> dict[str, Any]:
         return {
-            "kind": Kind.PUSH.value,
+            "kind": _PUSH,
             "worker": self.worker,
             "rank": self.rank,
             "step": self.step,
@@ -185,7 +193,7 @@ class Pull:
 
     def header(self) -> dict[str, Any]:
         return {
-            "kind": Kind.PULL.value,
+            "kind": _PULL,
             "after": self.after,
             "wait_s": self.wait_s,
             "gate_for": self.gate_for,
@@ -240,7 +248,7 @@ class Reply:
     def fields(self) -> dict[str, Any]:
         """The reply's own header fields (a shard's reply frame adds them to its version's)."""
         fields: dict[str, Any] = {
-            "status": self.status.value,
+            "status": WIRE_NAMES[self.status],
             "version": self.version,
             "done": self.done,
             "waited_s": self.waited_s,

@@ -205,14 +205,6 @@ def _new_layout(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> Layout
     return Layout(arrays, end)
 
 
-def _layout(
-    header: Mapping[str, Any], specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
-) -> tuple[bytes, dict[str, list[Any]], int]:
-    """The prefix, each array's ``[dtype, shape, offset, nbytes]`` and the payload size."""
-    layout = layout_of(specs)
-    return layout.prefix(header), layout.arrays, layout.size
-
-
 def _specs(
     arrays: Mapping[str, np.ndarray], dtype: np.dtype | None = None
 ) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -220,7 +212,31 @@ def _specs(
 
 
 def _byte_view(array: np.ndarray) -> memoryview:
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+    # reshape(-1) is a view of a C-contiguous array, and a contiguous copy of any other.
+    return array.reshape(-1).view(np.uint8).data
+
+
+# A frame's plan for arrays of given names, dtypes and shapes: the layout, and per array the
+# zero bytes that pad up to it and its size. Remembered, as layouts are.
+_Plan = tuple[Layout, tuple[tuple[str, bytes, int], ...]]
+_PLANS: dict[tuple[tuple[str, np.dtype, tuple[int, ...]], ...], _Plan] = {}
+
+
+def _plan(arrays: Mapping[str, np.ndarray]) -> _Plan:
+    key = tuple([(name, array.dtype, array.shape) for name, array in arrays.items()])
+    plan = _PLANS.get(key)
+    if plan is None:
+        layout = layout_of(_specs(arrays))
+        steps, end = [], 0
+        for name in arrays:
+            offset, nbytes = layout.arrays[name][2:]
+            steps.append((name, bytes(offset - end), nbytes))
+            end = offset + nbytes
+        plan = (layout, tuple(steps))
+        if len(_PLANS) >= _LAYOUTS_KEPT:
+            _PLANS.pop(next(iter(_PLANS)))  # the oldest
+        _PLANS[key] = plan
+    return plan
 
 
 def frame_buffers(
@@ -231,17 +247,15 @@ def frame_buffers(
     The arrays must not change until the frame is sent. For a push: the worker's fresh gradients.
     """
     arrays = arrays or {}
-    prefix, layout, _ = _layout(header, _specs(arrays))
+    layout, steps = _plan(arrays)
+    prefix = layout.prefix(header)
     buffers: list[bytes | memoryview] = [prefix]
-    end = 0
-    for name, array in arrays.items():
-        offset, nbytes = layout[name][2:]
-        if offset > end:
-            buffers.append(bytes(offset - end))
+    for name, gap, nbytes in steps:
+        if gap:
+            buffers.append(gap)
         if nbytes:
-            buffers.append(_byte_view(array))
-        end = offset + nbytes
-    return EncodedFrame(tuple(buffers), len(prefix) + end)
+            buffers.append(_byte_view(arrays[name]))
+    return EncodedFrame(tuple(buffers), len(prefix) + layout.size)
 
 
 def snapshot_target(

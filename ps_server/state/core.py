@@ -17,6 +17,7 @@ from ps_server.metrics import ShardMetrics
 from ps_server.optimizers import Optimizer, build_optimizer
 from ps_server.rules import required_contributions
 from ps_server.snapshot import Snapshot
+from pscluster.protocol import WIRE_DTYPES
 from pscluster.settings import JobConfig
 
 T = TypeVar("T")
@@ -74,6 +75,7 @@ class ShardCore:
         # The current version's reply frame (None: not made yet, or being overwritten).
         self._snapshot: Snapshot | None = None
         self._sizes = {key: p.size for key, p in params.items()}
+        self._wire = WIRE_DTYPES[job.wire_dtype.value]  # the job's wire dtype, looked up once
         self._elements = sum(self._sizes.values())
         self.stopping = False
         self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes

@@ -9,7 +9,7 @@ import numpy as np
 
 from ps_server.kernels import flat, for_each_block
 from ps_server.state.core import OwnedGradients, ShardCore
-from pscluster.protocol import WIRE_DTYPES, ErrorCode, ProtocolError, all_finite
+from pscluster.protocol import ErrorCode, ProtocolError, all_finite
 
 
 class Validation(ShardCore):
@@ -26,7 +26,7 @@ class Validation(ShardCore):
         for key in arrays:
             if key not in self.params:
                 raise ProtocolError(ErrorCode.UNKNOWN_PARAMETER, f"shard has no parameter {key!r}")
-        wire = WIRE_DTYPES[self.job.wire_dtype.value]
+        wire = self._wire
         grads: dict[str, np.ndarray] = {}
         for key, param in self.params.items():
             grad = arrays.get(key)
