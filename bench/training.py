@@ -4,7 +4,9 @@ Each run is ``pscluster up`` (coordinator, shards and workers as local processes
 k = 0) on digits. The NumPy MLP (the default job) always runs; ``--model`` adds another model
 beside it, in the same run and at the same worker counts (``torch_cnn``: the PyTorch CNN), with
 its samples per second as a ratio of the MLP's. Samples per second count every worker's batches
-over the coordinator's training time; the split of a step into pull, compute, push and wait is
+over the coordinator's training time, and (``samples/s (steps)``) from the workers' own step
+times: the sum over workers of batch / mean step time, which leaves out start-up and the final
+evaluation; the split of a step into pull, compute, push and wait is
 the workers' own measurement (the summary's ``workers[*].phase_seconds``, averaged over the
 workers). A second table runs the same job with each wire dtype: the accuracy cost of sending
 gradients and parameters in 16 bits.
@@ -56,6 +58,8 @@ def row_of(model: str, workers: int, wire_dtype: str, summary: dict[str, Any]) -
         "steps": summary["steps"],
         "seconds": seconds,
         "samples_per_s": samples / seconds if seconds else None,
+        # From the workers' own step times: start-up and the final evaluation left out.
+        "step_samples_per_s": sum(job["batch_size"] / w["step_seconds"] for w in ran),
         "step_ms": statistics.mean(w["step_seconds"] for w in ran) * 1e3,
         "accuracy": summary["accuracy"],
         "loss": summary["loss"],
@@ -95,6 +99,7 @@ THROUGHPUT = [
     Column("steps", "steps"),
     Column("seconds", "seconds", "{:.2f}"),
     Column("samples_per_s", "samples/s", "{:.0f}"),
+    Column("step_samples_per_s", "samples/s (steps)", "{:.0f}"),
     Column("vs_baseline", f"vs {BASELINE}", "{:.2f}"),
     Column("step_ms", "step ms", "{:.2f}"),
     *(Column(f"{phase}_ms", f"{phase} ms", "{:.2f}") for phase in PHASES),
