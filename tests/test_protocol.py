@@ -40,6 +40,41 @@ def test_any_msgpack_reader_can_decode() -> None:
     assert x.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_frames_of_other_encoders_and_long_headers_decode_alike() -> None:
+    """Our prefixes end aligned and are unpacked in one go; a body another msgpack writer made
+    (bin 8, no filler) and a header longer than the quick look are found by scanning."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    ours = encode_frame({"k": 1, "s": "abc"}, {"x": x})
+    prefix_end = len(ours) - x.nbytes
+    assert prefix_end % 64 == 0 and ours[prefix_end - 5] == 0xC6
+    header = {"k": 1, "s": "abc", "arrays": {"x": ["float32", [2, 3], 0, x.nbytes]}}
+    theirs = msgpack.packb([header, x.tobytes()])  # bin 8, unaligned, no filler
+    long = encode_frame({"k": 1, "s": "y" * 9000}, {"x": x})
+    empty = encode_frame({"k": 2})
+    for body, fields in (
+        (ours, {"k": 1, "s": "abc"}),
+        (theirs, {"k": 1, "s": "abc"}),
+        (long, {"k": 1, "s": "y" * 9000}),
+    ):
+        frame = decode_frame(body)
+        assert frame.header == fields
+        np.testing.assert_array_equal(frame.arrays["x"], x)
+        assert frame.arrays["x"].shape == (2, 3)
+    assert decode_frame(empty).header == {"k": 2} and decode_frame(empty).arrays == {}
+
+
+def test_prefixes_of_any_header_size_stay_aligned_and_exact() -> None:
+    x = np.ones(3, dtype=np.float16)
+    for fields in range(20):  # past a msgpack fixmap's 15 entries
+        header = {f"f{i}": i for i in range(fields)}
+        body = encode_frame(header, {"x": x})
+        assert (len(body) - x.nbytes) % 64 == 0
+        unpacked, payload = msgpack.unpackb(body)
+        assert {k: v for k, v in unpacked.items() if k not in ("arrays", "pad")} == header
+        assert decode_frame(body).header == header
+        assert payload[: x.nbytes] == x.tobytes()
+
+
 def test_refuses_object_dtype_on_encode() -> None:
     with pytest.raises(ValueError, match="cannot cross the wire"):
         encode_frame({}, {"x": np.array(["a"], dtype=object)})
