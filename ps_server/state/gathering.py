@@ -77,13 +77,15 @@ class SyncGathering(Updates):
         self._sent[worker] = (self.version, now)
 
     def _may_close(self, contributions: int) -> bool:
+        deadline = self._step_deadline
         return step_may_close(
             contributions=contributions,
             required=self.required,
             min_gradients=self.job.min_gradients_value,
             elapsed_s=time.perf_counter() - self._round_started,
-            deadline_s=self._step_deadline,
-            awaited=self._awaited(),
+            deadline_s=deadline,
+            # Counted only where a deadline reads it: a walk over the members per push.
+            awaited=None if deadline is None else self._awaited(),
         )
 
     def _awaited(self) -> int | None:
