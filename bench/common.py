@@ -165,3 +165,35 @@ def announce_and_wait_for_stdin_eof(address: str) -> None:
     """In a helper: say where we listen, then block until the benchmark closes our stdin."""
     print(address, flush=True)
     sys.stdin.buffer.read()
+
+
+def serve_shard(make_state: Callable[[Any], Any], **settings: Any) -> None:
+    """In a helper: the shard's real app around the state that ``make_state(metrics)`` builds,
+    handed its job directly instead of by a coordinator (so it announces itself to none); says
+    "<data address> <token>" and serves until the benchmark closes our stdin."""
+    import asyncio
+    import secrets
+
+    import uvloop
+
+    from ps_server.app import DATA_URL, METRICS, SLOT, announce_loop, build_app
+    from pscluster.service import running_service
+    from pscluster.settings import ShardSettings
+
+    token = secrets.token_urlsafe(16)
+    shard_settings = ShardSettings(host="127.0.0.1", port=0, token=token, **settings)
+
+    def factory(url: str) -> Any:
+        app = build_app(shard_settings, url)
+        app.cleanup_ctx.remove(announce_loop)
+        app[SLOT].state = make_state(app[METRICS])
+        app[SLOT].ready.set()
+        return app
+
+    async def main() -> None:
+        async with running_service(factory, shard_settings) as (_, app):
+            loop = asyncio.get_running_loop()
+            address = f"{app[DATA_URL][0]} {token}"
+            await loop.run_in_executor(None, announce_and_wait_for_stdin_eof, address)
+
+    uvloop.run(main())

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import secrets
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -47,10 +46,10 @@ from bench.baselines import (
 from bench.common import (
     Column,
     Helper,
-    announce_and_wait_for_stdin_eof,
     counts,
     cpu_seconds,
     format_table,
+    serve_shard,
     write_json,
 )
 from pscluster.client import tune_allocator
@@ -63,33 +62,13 @@ IMPLEMENTATIONS = ("raw", "naive", "project")
 
 def serve_project(params: int, workers: int) -> None:
     """The shard's real app and state, handed its job directly instead of by a coordinator."""
-    from ps_server.app import DATA_URL, METRICS, SLOT, announce_loop, build_app
     from ps_server.state import ShardState
-    from pscluster.service import running_service
-    from pscluster.settings import JobConfig, ShardSettings
+    from pscluster.settings import JobConfig
 
-    token = secrets.token_urlsafe(16)
-    settings = ShardSettings(host="127.0.0.1", port=0, token=token)
     job = JobConfig(
         shards=1, workers=workers, spares=0, mode="sync", optimizer="sgd", lr=LR, steps=10**9
     )
-
-    def factory(url: str) -> Any:
-        app = build_app(settings, url)
-        # No coordinator here: the shard gets its job from us and does not announce itself.
-        app.cleanup_ctx.remove(announce_loop)
-        state = ShardState(job, 0, {"w": np.zeros(params, np.float32)}, app[METRICS])
-        app[SLOT].state = state
-        app[SLOT].ready.set()
-        return app
-
-    async def main() -> None:
-        async with running_service(factory, settings) as (_, app):
-            loop = asyncio.get_running_loop()
-            address = f"{app[DATA_URL][0]} {token}"
-            await loop.run_in_executor(None, announce_and_wait_for_stdin_eof, address)
-
-    uvloop.run(main())
+    serve_shard(lambda metrics: ShardState(job, 0, {"w": np.zeros(params, np.float32)}, metrics))
 
 
 class ProjectClients:

@@ -170,10 +170,11 @@ def test_sparse_bench(tmp_path: Path) -> None:
         *("--rows", "2e4", "--batches", "1e3", "--min-time", "0.02", "--repeats", "1"),
         tmp_path=tmp_path,
     )
-    assert "bytes per row measured" in stdout and "pull rows/s" in stdout
+    assert "bytes per row measured" in stdout and "through a shard's data port" in stdout
     (row,) = figures["rows"]
     assert row["batch"] == 1000
     keys = ["pull_rows_s", "push_rows_s", "pull_vs_dense", "push_vs_dense", "bytes_vs_dense"]
+    keys += ["port_pull_rows_s", "port_push_rows_s", "port_step_rows_s", "port_step_vs_inproc"]
     assert_numbers(row, keys)
     # A step moves its rows and ids, not the table: 16 floats and 3 ids per row plus framing.
     assert row["step_bytes"] < 1000 * (2 * 16 * 4 + 3 * 8) + 4096
