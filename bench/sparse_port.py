@@ -3,8 +3,8 @@ filled as bench.sparse fills the in-process one, driven over its data port on 12
 worker's ``ShardClient`` (``pscluster.datalink``).
 
 The job is sync with one worker (each push closes its step: the path of every sync push, with
-the rows held and summed), and the shard holds ``--dense`` float32 dense parameters beside the
-table (fm's bias is one). Per batch of ids:
+the rows held and summed; no periodic checkpoints), and the shard holds ``--dense`` float32
+dense parameters beside the table (fm's bias is one). Per batch of ids:
 
 - pull: a ``Pull`` naming the ids (``@emb/want``); the reply carries their rows (and the dense
   part, as every pull's reply does);
@@ -38,7 +38,9 @@ def serve(rows: int, dim: int, dense: int, lr: float) -> None:
     from ps_server.state import ShardState
     from pscluster.settings import JobConfig
 
-    job = JobConfig(shards=1, workers=1, spares=0, mode="sync", optimizer="sgd", lr=lr, steps=10**9)
+    # No periodic checkpoints: their copy of the whole table is not the step's cost.
+    settings = {"mode": "sync", "optimizer": "sgd", "lr": lr, "checkpoint_every": 0}
+    job = JobConfig(shards=1, workers=1, spares=0, steps=10**9, **settings)
     tables = filled_table(rows, dim, lr)
 
     def state(metrics: Any) -> ShardState:
