@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ps_server.kernels import flat, for_each_block
-from pscluster.protocol import EncodedFrame, snapshot_target
+from pscluster.protocol import EncodedFrame, layout_of, snapshot_target
 
 # A payload up to this size is copied for its replies instead of lent: a copy of 32 KiB takes
 # about what a loan's finalizer does.
@@ -82,6 +82,29 @@ class Snapshot:
         self._loans.lent()
         weakref.finalize(view, self._loans.returned)
         return EncodedFrame((prefix, view.data), len(prefix) + view.nbytes)
+
+    def lend_with(self, fields: Mapping[str, Any], extra: Mapping[str, np.ndarray]) -> EncodedFrame:
+        """The frame with ``extra`` arrays after the version's own (a sparse reply's rows, which
+        differ per message): the version's payload lent as by ``lend``, under a layout that adds
+        them, so only their bytes are new. Laid out in order, the version's arrays keep their
+        offsets in the longer frame."""
+        specs = {name: (a.dtype, a.shape) for name, a in self.arrays.items()}
+        specs.update({name: (a.dtype, a.shape) for name, a in extra.items()})
+        layout = layout_of(specs)
+        prefix = layout.prefix({**fields, **self.header})
+        view = self._payload[: self.layout.size]
+        self._loans.lent()
+        weakref.finalize(view, self._loans.returned)
+        buffers: list[bytes | memoryview] = [prefix, view.data]
+        end = self.layout.size
+        for name, array in extra.items():
+            offset, nbytes = layout.arrays[name][2:]
+            if offset > end:
+                buffers.append(bytes(offset - end))
+            if nbytes:
+                buffers.append(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            end = offset + nbytes
+        return EncodedFrame(tuple(buffers), len(prefix) + end)
 
     def reheader(self, header: Mapping[str, Any]) -> None:
         """The same payload under a new header (a new version, after an update in place)."""

@@ -12,8 +12,8 @@ import aiohttp
 import numpy as np
 
 from ps_server.checkpoint import arrays_digest
-from pscluster.idhash import shard_of_ids
 from pscluster.datalink import DataLink
+from pscluster.idhash import shard_of_ids
 from pscluster.messages import Pull, Reply
 from pscluster.protocol import MSGPACK, decode_frame, encode_frame
 from pscluster.sparse_wire import MAX_IDS, ids_key, rows_key, want_key

@@ -19,7 +19,7 @@ from pscluster.jobspec import Registration
 from pscluster.messages import Push, Reply, Status
 from pscluster.models.fm import FactorizationMachine
 from pscluster.models.sparse import Rows
-from pscluster.protocol import ErrorCode, ProtocolError, decode_frame
+from pscluster.protocol import ErrorCode, ProtocolError, decode_frame, to_wire
 from pscluster.settings import JobConfig
 from pscluster.sharding import compute_shard_map, slice_part
 from pscluster.sparse_batches import SparseBatches, dense_grads
@@ -260,3 +260,30 @@ async def test_a_shard_without_dense_parameters_still_reports_their_version() ->
     assert pulled.params and not pulled.arrays and pulled.version == 0
     frame = await empty.reply_frame(Reply(Status.OK, 0), with_params=False)  # header alone
     assert not Reply.parse(decode_frame(frame.tobytes())).params
+
+
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+async def test_a_reply_with_rows_lends_its_versions_dense_frame(wire: str) -> None:
+    """After an update the dense part of a reply with rows is the version's frame, lent (not
+    copied), with the rows packed after it; an update while it is held goes out of place, so
+    the reply's bytes stay those of its version."""
+    states = cluster(wire_dtype=wire)
+    batches = SparseBatches(MODEL, SHARDS)
+    await step(states, batches, *batches_of(0), [0, 1, 2])
+    state = next(s for s in states if s.params)  # the shard holding fm's bias
+    batch = batches.plan(batches_of(1)[0][0])
+    wants = state.parse_sparse(batches.wants(batch, state.index)).wants
+    assert state._snapshot is not None  # the update made the version's frame
+    frame = await state.frame_with_rows(Reply(Status.OK, 1), with_params=True, wants=wants)
+    assert state._snapshot.lent
+    sent = frame.tobytes()
+    reply = Reply.parse(decode_frame(sent))
+    assert reply.params and reply.version == 1
+    bias = state.params["bias"].copy()
+    assert reply.arrays["bias"].tobytes() == to_wire(bias, wire).tobytes()
+    exact = state.rows_reply(wants)[rows_key("factors")]
+    assert reply.arrays[rows_key("factors")].dtype.name == wire
+    np.testing.assert_allclose(reply.arrays[rows_key("factors")].astype(np.float32), exact, 1e-2)
+    await step(states, batches, *batches_of(1), [0, 1, 2])
+    assert state.version == 2 and not (state.params["bias"] == bias).all()
+    assert frame.tobytes() == sent  # the held loan kept version 1's bytes

@@ -53,18 +53,24 @@ class SparseRows(ShardCore):
     async def frame_with_rows(
         self, reply: Reply, *, with_params: bool, wants: Mapping[str, np.ndarray]
     ) -> EncodedFrame:
-        """A reply with the rows of ``wants`` (and the dense parameters, copied): the rows
-        differ per message, so this frame is made for each, not lent from the version's."""
+        """A reply with the rows of ``wants`` and, ``with_params``, the dense parameters: the
+        version's frame lent as a dense-only reply's is, the rows packed after it (they differ
+        per message). While an update writes that frame (or none is made yet) the reply waits
+        for the lock and copies the dense parameters."""
+        snapshot = self._snapshot
+        if with_params and snapshot is not None:
+            # No await from here: an update takes the frame away before it changes anything,
+            # so the lent parameters and the rows read now are of one version.
+            return snapshot.lend_with(reply.fields(), self._wire_rows(wants))
 
         def build() -> EncodedFrame:
             # No await in here: with the math inline no update can run in the middle, so the
-            # dense parameters and the rows are of one version.
-            arrays = {key: p.copy() for key, p in self.params.items()} if with_params else {}
-            arrays.update(self.rows_reply(wants))
+            # dense parameters and the rows are of one version. The parameters are copied (the
+            # next update may write them in place while this is sent), in the wire dtype.
             wire = self.job.wire_dtype.value
-            if wire != "float32":
-                # 16-bit on the wire, as the dense frames: half the bytes of every reply.
-                arrays = {key: to_wire(a, wire) for key, a in arrays.items()}
+            wired = {k: to_wire(p, wire) for k, p in self.params.items()} if with_params else {}
+            arrays = {k: a.copy() if a is self.params[k] else a for k, a in wired.items()}
+            arrays.update(self._wire_rows(wants))
             header = {**reply.fields(), **self._header(self.version), "params": with_params}
             return frame_buffers(header, arrays)
 
@@ -75,6 +81,11 @@ class SparseRows(ShardCore):
             return build()
 
         return await self._locked(locked)
+
+    def _wire_rows(self, wants: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows of ``wants`` in the job's wire dtype (16-bit: half the bytes of a reply)."""
+        wire = self.job.wire_dtype.value
+        return {key: to_wire(rows, wire) for key, rows in self.rows_reply(wants).items()}
 
     def reset_tables(self) -> None:
         """Version 0 of the tables (a sync rewind to the start): every table empty."""
