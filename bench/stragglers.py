@@ -61,11 +61,28 @@ def configurations(args: argparse.Namespace) -> list[Config]:
         Config("async, lr / staleness", (*asynchronous, "--staleness-policy", "inverse")),
         # No k to choose: N workers, the step closes at a deadline learnt from arrivals.
         Config("sync, deadline auto", (*sync, "--spares", "0", "--deadline", "auto")),
+        # The deadline on the workers of a spares row: the same cluster, compared one to one.
+        *(
+            Config(deadline_with_spares(k), (*sync, "--spares", str(k), "--deadline", "auto"))
+            for k in args.deadline_spares
+        ),
         *(
             Config(f"ssp, S = {bound}", (*ssp, "--ssp-bound", str(bound)))
             for bound in args.ssp_bounds
         ),
     ]
+
+
+def deadline_with_spares(spares: int) -> str:
+    return f"sync, {spares} spares + deadline auto"
+
+
+def same_workers(name: str) -> str | None:
+    """The spares row that runs as many workers as a deadline row."""
+    if name == "sync, deadline auto":
+        return BASELINE
+    match = re.fullmatch(r"sync, (\d+) spares \+ deadline auto", name)
+    return f"sync, {match.group(1)} spares" if match else None
 
 
 def sync_lr(args: argparse.Namespace) -> float:
@@ -158,6 +175,8 @@ COLUMNS = [
     Column("step_vs_sync_spread", "range"),
     Column("target_vs_spares", "to target / best spares", "{:.2f}"),
     Column("target_vs_spares_spread", "range"),
+    Column("target_vs_same", "to target / same workers' spares", "{:.2f}"),
+    Column("target_vs_same_spread", "range"),
 ]
 
 BASELINE = "sync, 0 spares"
@@ -205,6 +224,17 @@ def add_ratios(rows: list[dict[str, Any]], results: dict[str, list[dict[str, Any
         if column == "target_vs_spares":
             for row in rows:
                 row["best_spares"] = best
+    # Each deadline row against the spares row with as many workers, repeat by repeat.
+    for row in rows:
+        baseline = same_workers(row["config"])
+        if baseline is None or baseline not in results:
+            continue
+        values = paired_ratios(results, "to_target_s", baseline)[row["config"]]
+        if values:
+            row["target_vs_same"] = statistics.median(values)
+            row["target_vs_same_runs"] = values
+            if len(values) > 1:
+                row["target_vs_same_spread"] = f"{min(values):.2f}-{max(values):.2f}"
 
 
 def plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
@@ -274,6 +304,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="Write the rows and histories here.")
     parser.add_argument("--ssp-bounds", default="1,2,4", help="S of the ssp runs.")
     parser.add_argument(
+        "--deadline-spares",
+        default="1,2,4",
+        help="Spares of the runs that combine them with --deadline auto, comma separated.",
+    )
+    parser.add_argument(
         "--only", help="Run only the configurations whose name matches this regular expression."
     )
     parser.add_argument(
@@ -287,6 +322,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.spares = [int(k) for k in args.spares.split(",") if k.strip()]
     args.ssp_bounds = [int(s) for s in args.ssp_bounds.split(",") if s.strip()]
+    args.deadline_spares = [int(k) for k in args.deadline_spares.split(",") if k.strip()]
     return args
 
 
@@ -332,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, COLUMNS))
     print(
         f"ratios per repeat (median, range): ms/step against {BASELINE!r}, seconds to target "
-        f"against the best spares setting, {best_spares(results)!r}; {args.repeats} repeats, "
+        f"against the best spares setting, {best_spares(results)!r}, and each deadline row "
+        f"against the spares row of as many workers; {args.repeats} repeats, "
         f"interleaved ({time.perf_counter() - started:.0f} s in all)"
     )
     if args.png:

@@ -112,6 +112,13 @@ class DataPlane:
         elif verdict.accepted and message.want_params:
             # sync: hold the reply until the step completes, so it carries the next version.
             await state.wait_for_version(message.base_version, state.job.push_wait_s)
+        elif (
+            verdict.code is ErrorCode.LATE
+            and message.want_params
+            and state.holds_late_reply(message.worker)
+        ):
+            # sync with a deadline: a late worker starts the next step with the others.
+            await state.wait_for_version(state.version, state.job.push_wait_s)
         waited = time.perf_counter() - started
         status = Status.APPLIED if verdict.code is None else verdict.code
         reply = Reply(status, state.version, state.done, waited_s=waited, gate_open=gate_open)

@@ -3,18 +3,20 @@ in, a gradient after it is late, and ``auto`` learns the deadline from recent ar
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ps_server.deadline import MARGIN_S
+from ps_server.dataplane import DataPlane, ShardSlot
+from ps_server.deadline import MARGIN_S, MIN_DURATIONS
 from ps_server.metrics import ShardMetrics
 from ps_server.state import ShardState
 from pscluster.messages import Push
 from pscluster.protocol import ErrorCode
-from pscluster.settings import JobConfig
+from pscluster.settings import JobConfig, ShardSettings
 
 
 def make_state(**job: object) -> ShardState:
@@ -157,3 +159,56 @@ async def test_a_dropped_worker_is_not_waited_for_until_it_is_back_in_phase() ->
     assert await push(state, "w3", 1.0, base=4) is None
     assert state.version == 5
     assert state.snapshot()["steps_closed_early"] == 2  # steps 1 and 2
+
+
+async def test_a_worker_expected_after_the_deadline_is_not_waited_for() -> None:
+    """w3 computes for 70 ms where the deadline is 50 ms: once this shard has seen that a few
+    times, a step closes as soon as the three others are in, not at its deadline."""
+    state = make_state(deadline="0.05", min_gradients=2)
+    await state.set_members({f"w{i}": i for i in range(4)})
+    slow_s = 0.07
+    for version in range(MIN_DURATIONS + 1):
+        for i in range(3):
+            assert await push(state, f"w{i}", 1.0, base=version) is None
+        # Too few of w3's compute times yet: the step waits for it, up to its deadline.
+        assert state.version == version
+        await asyncio.sleep(slow_s)  # w3 at work; the deadline passes meanwhile
+        assert state.version == version + 1
+        # w3's gradient is late; its reply (version + 1, no step open) starts its next one.
+        assert await push(state, "w3", 1.0, base=version) is ErrorCode.LATE
+    # w3 has taken about 70 ms for each of its last MIN_DURATIONS steps: not awaited now.
+    for i in range(3):
+        assert await push(state, f"w{i}", 1.0, base=MIN_DURATIONS + 1) is None
+    assert state.version == MIN_DURATIONS + 2  # closed by the third push, no deadline waited
+    assert state.snapshot()["steps_closed_early"] == MIN_DURATIONS + 2
+    assert state.metrics.tally_dropped["late"] == MIN_DURATIONS + 1
+
+
+async def test_the_reply_to_a_late_push_waits_for_the_step_in_progress() -> None:
+    """With a deadline, a worker whose push missed its step starts the next step with the
+    others: its reply is held until the step that has opened closes, and carries its result."""
+    state = make_state(deadline="5", workers=2, min_gradients=2)
+    slot = ShardSlot()
+    slot.state = state
+    settings = ShardSettings(insecure=True)
+    plane = DataPlane(slot, settings, state.metrics)
+    await state.set_members({"w0": 0, "w1": 1})
+    assert await push(state, "w0", 1.0) is None
+    assert await push(state, "w1", 1.0) is None
+    assert state.version == 1
+    assert await push(state, "w0", 1.0, base=1) is None  # step 1 opens
+    # w1's second push for version 0 (say, a delayed duplicate): late, held for step 1.
+    late = asyncio.ensure_future(
+        plane.push(Push(worker="w1", rank=1, base_version=0, grads=grad(7.0)), nbytes=12)
+    )
+    # A bounded wait that shows the reply is NOT sent while step 1 is open.
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    assert await push(state, "w1", 3.0, base=1) is None  # closes step 1
+    answer = await asyncio.wait_for(late, 5.0)
+    assert answer.status is ErrorCode.LATE
+    assert state.version == 2
+    np.testing.assert_allclose(state.params["w"], -0.5 * (1.0 + 2.0))  # the 7 never counted
+    # Its reply was sent with step 1's close: in phase for step 2, which waits for it.
+    assert await push(state, "w0", 1.0, base=2) is None
+    assert state._awaited() == 1

@@ -14,6 +14,9 @@ from bench.order_stats import (
 )
 from ps_server.deadline import (
     MARGIN_S,
+    MIN_DURATIONS,
+    SPREAD,
+    arrives_in_time,
     auto_deadline,
     default_min_gradients,
     in_phase,
@@ -37,7 +40,7 @@ def test_deadline_of_identical_offsets_is_the_offset_plus_margin() -> None:
 def test_deadline_formula() -> None:
     offsets = [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009]
     # median 0.005; |x - median| = 0.004, 0.003, ..., 0, ..., 0.004: MAD 0.002
-    expected = 0.005 + 3.0 * 1.4826 * 0.002 + MARGIN_S
+    expected = 0.005 + SPREAD * 1.4826 * 0.002 + MARGIN_S
     assert auto_deadline(offsets) == pytest.approx(expected)
     assert auto_deadline(offsets, spread=0.0, margin_s=0.0) == pytest.approx(0.005)
 
@@ -122,6 +125,16 @@ def test_step_with_a_deadline_closes_once_every_worker_in_phase_is_in(
         )
         is closes
     )
+
+
+def test_arrives_in_time() -> None:
+    # Step opened at t = 10.0 with a 5 ms deadline; the worker was sent its parameters at 9.99.
+    assert arrives_in_time(9.99, [0.01, 0.012, 0.011], 10.0, 0.005)  # expected at 10.001
+    assert not arrives_in_time(9.99, [0.05, 0.05, 0.05], 10.0, 0.005)  # five times slower
+    # The median: one long stall (or two) among five does not make a worker slow ...
+    assert arrives_in_time(9.99, [0.01, 0.2, 0.01, 0.2, 0.01], 10.0, 0.005)
+    # ... and one slow step among few is no pattern yet: waited for.
+    assert arrives_in_time(9.99, [0.05] * (MIN_DURATIONS - 1), 10.0, 0.005)
 
 
 def test_in_phase() -> None:

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.deadline import WINDOW, auto_deadline, in_phase, step_may_close
+from ps_server.deadline import (
+    DURATIONS_KEPT,
+    WINDOW,
+    arrives_in_time,
+    auto_deadline,
+    in_phase,
+    step_may_close,
+)
 from ps_server.fold_order import fold_sequence, may_fold_now
 from ps_server.state.core import OwnedGradients
 from ps_server.state.updates import Updates
@@ -37,6 +44,10 @@ class SyncGathering(Updates):
         self._first_arrivals: dict[int, float] = {}
         # worker -> (version, time) of this shard's latest reply to it: who is in phase.
         self._sent: dict[str, tuple[int, float]] = {}
+        # Late workers whose reply waits for the step in progress (with a deadline).
+        self._rejoining: set[str] = set()
+        # worker -> its recent compute times: reply sent to its next push arriving.
+        self._durations: dict[str, deque[float]] = {}
         self._step_deadline: float | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.steps_closed_early = 0
@@ -51,6 +62,8 @@ class SyncGathering(Updates):
     async def _set_members(self, members: Mapping[str, int]) -> None:
         self.members = dict(members)
         self._sent = {w: sent for w, sent in self._sent.items() if w in self.members}
+        self._durations = {w: d for w, d in self._durations.items() if w in self.members}
+        self._rejoining &= set(self.members)
         self.metrics.live_workers.set(len(self.members))
         self.metrics.required.set(self.required)
         if self.job.mode is Mode.SYNC and self._contributors and not self.done:
@@ -69,12 +82,33 @@ class SyncGathering(Updates):
     def record_late(self, worker: str, base_version: int) -> None:
         """A late gradient's offset from its own step's first arrival, if the worker was in
         phase for that step: without these the deadline would only ever see arrivals it let
-        in, and shrink step after step. Its reply carries the version now being gathered."""
+        in, and shrink step after step. Its reply carries the version now being gathered; with
+        a deadline, once the step in progress has opened, the next one (``holds_late_reply``)."""
         now = time.perf_counter()
+        self._measure_duration(worker, base_version, now)
         first = self._first_arrivals.get(base_version)
         if first is not None and in_phase(self._sent.get(worker), base_version, first):
             self._offsets.append(now - first)
-        self._sent[worker] = (self.version, now)
+        if self.job.deadline_value is not None and self._contributors and not self.done:
+            self._rejoining.add(worker)
+        else:
+            self._sent[worker] = (self.version, now)
+
+    def holds_late_reply(self, worker: str) -> bool:
+        """Whether the reply to this worker's late push waits for the step in progress to
+        close. A gradient computed on the parameters of a step that has opened would most
+        likely miss it too (the others are in within milliseconds): the worker would compute
+        once more for nothing and be back in phase only a step later. Waiting, it starts the
+        next step with the workers that made this one, in phase (``ps_server.deadline``)."""
+        return worker in self._rejoining
+
+    def _measure_duration(self, worker: str, base_version: int, now: float) -> None:
+        """How long the worker took from this shard's reply to this push, if it computed on
+        that reply's version."""
+        sent = self._sent.get(worker)
+        if sent is not None and sent[0] == base_version:
+            kept = self._durations.setdefault(worker, deque(maxlen=DURATIONS_KEPT))
+            kept.append(now - sent[1])
 
     def _may_close(self, contributions: int) -> bool:
         deadline = self._step_deadline
@@ -89,15 +123,23 @@ class SyncGathering(Updates):
         )
 
     def _awaited(self) -> int | None:
-        """In-phase members whose gradient for this step is not in yet (None: no membership)."""
+        """In-phase members whose gradient for this step is not in yet and is expected by the
+        deadline (None: no membership)."""
         if self.members is None:
             return None
-        return sum(
-            1
-            for worker in self.members
-            if worker not in self._contributors
-            and in_phase(self._sent.get(worker), self.version, self._round_started)
-        )
+        return sum(1 for worker in self.members if self._waits_for(worker))
+
+    def _waits_for(self, worker: str) -> bool:
+        if worker in self._contributors:
+            return False
+        sent = self._sent.get(worker)
+        opened = self._round_started
+        if not in_phase(sent, self.version, opened):
+            return False
+        deadline = self._step_deadline
+        if sent is None or deadline is None:
+            return True
+        return arrives_in_time(sent[1], self._durations.get(worker, ()), opened, deadline)
 
     def _open_step(self, now: float) -> None:
         """The step's first gradient: fix its deadline and arm the timer."""
@@ -129,6 +171,7 @@ class SyncGathering(Updates):
 
     async def _gather(self, worker: str, rank: int, grads: Mapping[str, np.ndarray]) -> None:
         now = time.perf_counter()
+        self._measure_duration(worker, self.version, now)
         if not self._contributors:
             self._open_step(now)
         elif in_phase(self._sent.get(worker), self.version, self._round_started):
@@ -208,8 +251,9 @@ class SyncGathering(Updates):
         self.metrics.gather_seconds.observe(gathered)
         self.max_gather_s = max(self.max_gather_s, gathered)
         released = time.perf_counter()
-        for worker in self._contributors:
+        for worker in self._contributors | self._rejoining:
             self._sent[worker] = (self.version + 1, released)
+        self._rejoining.clear()
         self._contributors.clear()
         self._summed = False
         self._last_folded = None
