@@ -64,11 +64,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="pscluster up",
         description="Start a coordinator, M shards and N + k workers on loopback and train.",
     )
-    job = argparse.ArgumentParser(add_help=False)
-    add_settings_flags(job, CoordinatorSettings)
-    for action in job._actions:
-        if action.dest in JOB_FIELDS:
-            parser._add_action(action)
+    add_settings_flags(parser, CoordinatorSettings, only=JOB_FIELDS)
     parser.add_argument("--summary-json", type=Path, help="Write the final summary here.")
     parser.add_argument("--run-dir", type=Path, help="Logs and ready files (default: a temp dir).")
     parser.add_argument("--timeout", type=float, default=900.0, help="Give up after this long.")

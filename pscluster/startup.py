@@ -7,7 +7,7 @@ command, so a flag means the same wherever it is given. A flag wins over its env
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 from pydantic_settings import BaseSettings
@@ -17,9 +17,16 @@ from pscluster.settings import ENV_PREFIX, load_settings
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
-    """One ``--flag`` per settings field, documented with its variable and default."""
+def add_settings_flags(
+    parser: argparse.ArgumentParser,
+    cls: type[BaseSettings],
+    only: Collection[str] | None = None,
+) -> None:
+    """One ``--flag`` per settings field (of those named in ``only``, if given), documented with
+    its variable and default."""
     for name, info in cls.model_fields.items():
+        if only is not None and name not in only:
+            continue
         default = info.default
         shown = "unset" if default is None else getattr(default, "value", default)
         parser.add_argument(
