@@ -106,7 +106,7 @@ class DataPlane:
         verdict = await state.push(message, sparse)
         gate_open = True
         started = time.perf_counter()
-        if state.counts_as_step(verdict):
+        if state.waits_at_gate(verdict):
             # ssp: hold the reply until the worker may start its next step (or ask it to poll).
             gate_open = await state.wait_for_start(message.worker, state.job.push_wait_s)
         elif verdict.accepted and message.want_params:

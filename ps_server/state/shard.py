@@ -28,6 +28,12 @@ NOT_A_STEP = (
 
 
 class ShardState(Rewinds, SspClocks, Reads, Validation):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # async, ssp: worker -> (step, base version) of its latest applied push. A push that
+        # repeats it is a retry whose reply was lost: a duplicate, not a second update.
+        self._last_applied: dict[str, tuple[int, int]] = {}
+
     def snapshot(self) -> dict[str, Any]:
         """``/state``: the shard's counters, the deadline's (sync) and the clocks' (ssp)."""
         extra = self.clock_summary() if self.job.mode is Mode.SSP else self.deadline_summary()
@@ -46,6 +52,13 @@ class ShardState(Rewinds, SspClocks, Reads, Validation):
         """ssp: whether this push moved the worker's clock (so its reply waits at the gate)."""
         return self.job.mode is Mode.SSP and verdict.code not in NOT_A_STEP
 
+    def waits_at_gate(self, verdict: Verdict) -> bool:
+        """ssp: whether the reply waits at the gate: a step's push, or its retry (a duplicate,
+        whose first try moved the clock and lost its reply, gate wait included)."""
+        return self.counts_as_step(verdict) or (
+            self.job.mode is Mode.SSP and verdict.code is ErrorCode.DUPLICATE
+        )
+
     async def push(self, message: Push, sparse: SparsePush = NO_ROWS) -> Verdict:
         """Judge and apply one push whose gradients are validated (``validate_gradients``), and
         its rows (``parse_sparse``)."""
@@ -61,6 +74,8 @@ class ShardState(Rewinds, SspClocks, Reads, Validation):
         worker, rank, base_version = message.worker, message.rank, message.base_version
         if self.members is not None and worker not in self.members:
             verdict = Verdict(ErrorCode.UNKNOWN_WORKER)
+        elif self._last_applied.get(worker) == (message.step, base_version):
+            verdict = Verdict(ErrorCode.DUPLICATE)  # async, ssp (sync: judge_sync_push)
         else:
             # Trust the coordinator's rank over the one the push claims.
             rank = rank if self.members is None else self.members[worker]
@@ -81,6 +96,7 @@ class ShardState(Rewinds, SspClocks, Reads, Validation):
             await self._gather(worker, rank, message.grads)
         else:
             await self._apply_async(verdict.scale, message.grads, sparse)
+            self._last_applied[worker] = (message.step, base_version)
         return verdict
 
     def _judge(self, worker: str, rank: int, base_version: int, epoch: int | None) -> Verdict:
