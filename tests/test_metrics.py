@@ -52,9 +52,9 @@ async def test_async_metrics_staleness_drops_by_reason_applied_by_rank() -> None
     # Now everyone: staleness 0, 1 (applied), 2 (dropped: over max_staleness = 1).
     assert (await state.push(Push(worker="b", rank=1, base_version=2, grads=grad(1)))).accepted
     assert (await state.push(Push(worker="c", rank=2, base_version=2, grads=grad(1)))).accepted
-    assert (await state.push(Push(worker="b", rank=1, base_version=2, grads=grad(1)))).code is (
-        ErrorCode.STALE
-    )
+    # b's next step (a repeat of the same step and base would be a retry: a duplicate).
+    stale = Push(worker="b", rank=1, step=1, base_version=2, grads=grad(1))
+    assert (await state.push(stale)).code is ErrorCode.STALE
     assert state.version == 4
     assert sample(registry, "ps_version") == 4
     assert sample(registry, "ps_gradients_received_total") == 6
