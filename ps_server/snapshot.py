@@ -78,10 +78,16 @@ class Snapshot:
             if copy is None:
                 copy = self._copy = self._payload.tobytes()
             return EncodedFrame((prefix, copy), len(prefix) + len(copy))
+        view = self._lent_payload()
+        return EncodedFrame((prefix, view.data), len(prefix) + view.nbytes)
+
+    def _lent_payload(self) -> np.ndarray:
+        """A view of the version's payload for one reply, counted out until it is dropped (an
+        update writes out of place while any is out)."""
         view = self._payload[:]
         self._loans.lent()
         weakref.finalize(view, self._loans.returned)
-        return EncodedFrame((prefix, view.data), len(prefix) + view.nbytes)
+        return view
 
     def lend_with(self, fields: Mapping[str, Any], extra: Mapping[str, np.ndarray]) -> EncodedFrame:
         """The frame with ``extra`` arrays after the version's own (a sparse reply's rows, which
@@ -92,10 +98,7 @@ class Snapshot:
         specs.update({name: (a.dtype, a.shape) for name, a in extra.items()})
         layout = layout_of(specs)
         prefix = layout.prefix({**fields, **self.header})
-        view = self._payload[: self.layout.size]
-        self._loans.lent()
-        weakref.finalize(view, self._loans.returned)
-        buffers: list[bytes | memoryview] = [prefix, view.data]
+        buffers: list[bytes | memoryview] = [prefix, self._lent_payload().data]
         end = self.layout.size
         for name, array in extra.items():
             offset, nbytes = layout.arrays[name][2:]

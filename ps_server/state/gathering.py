@@ -104,7 +104,9 @@ class SyncGathering(Updates):
 
     def _measure_duration(self, worker: str, base_version: int, now: float) -> None:
         """How long the worker took from this shard's reply to this push, if it computed on
-        that reply's version."""
+        that reply's version. Only a deadline reads it: nothing is kept per push without one."""
+        if self.job.deadline_value is None:
+            return
         sent = self._sent.get(worker)
         if sent is not None and sent[0] == base_version:
             kept = self._durations.setdefault(worker, deque(maxlen=DURATIONS_KEPT))
