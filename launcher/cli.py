@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from pydantic_settings import BaseSettings
+SERVICE_NAMES = ("coordinator", "ps", "worker")
 
-from pscluster.settings import CoordinatorSettings, ShardSettings, WorkerSettings
 
-SERVICES: dict[str, type[BaseSettings]] = {
-    "coordinator": CoordinatorSettings,
-    "ps": ShardSettings,
-    "worker": WorkerSettings,
-}
+def __getattr__(name: str) -> Any:
+    """``SERVICES``: each service's settings class. Loaded on first use, not at import: the
+    settings load NumPy, and the coordinator's command limits its BLAS threads before that
+    (``coordinator.__main__``, ``pscluster.threads``)."""
+    if name != "SERVICES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pscluster.settings import CoordinatorSettings, ShardSettings, WorkerSettings
+
+    return {"coordinator": CoordinatorSettings, "ps": ShardSettings, "worker": WorkerSettings}
 
 
 def run_service_command(name: str, argv: Sequence[str]) -> int:
@@ -33,7 +37,7 @@ def run_service_command(name: str, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("up", *SERVICES)
+    commands = ("up", *SERVICE_NAMES)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(
             "usage: pscluster {up,coordinator,ps,worker} [--help] [flags]\n\n"
