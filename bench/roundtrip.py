@@ -11,6 +11,15 @@ processes on 127.0.0.1:
 * ``raw``: length-prefixed bytes over plain TCP sockets, no HTTP, no serialization: the limit;
 * ``naive``: aiohttp with ``msgpack.packb(arr.tobytes())`` and ``await request.read()``.
 
+Two more, by ``--impls``, show where a small message's time goes between the limit and the
+project (the ceilings any shard logic could reach):
+
+* ``frames``: the data port's transport alone, a framed echo on uvloop at both ends
+  (``bench.transports``' ``frames``: ``FrameReceiver`` and ``DataLink``, no hello);
+* ``stub``: the project's clients and protocol against a shard that does no work
+  (``bench.stub_shard``: the hello, every frame decoded and parsed, each reply framed, replies
+  held for the step's W pushes; no rules, checks, sums or optimizer).
+
 A round trip per second is one worker's push answered with the parameters, summed over the W
 workers. All three servers run side by side and the timed batches take turns (raw, naive,
 project, raw, ...), so a noisy neighbour slows all three alike; each figure is the median of
@@ -18,6 +27,7 @@ project, raw, ...), so a noisy neighbour slows all three alike; each figure is t
 
     python -m bench.roundtrip                      # P = 1e5, 1e6, 1e7; W = 1, 4
     python -m bench.roundtrip --params 1e6 --workers 4 --json roundtrip.json
+    python -m bench.roundtrip --params 1e3,1e4 --impls raw,naive,frames,stub,project
 """
 
 from __future__ import annotations
@@ -52,9 +62,12 @@ from bench.common import (
     serve_shard,
     write_json,
 )
+from bench.stub_shard import serve_stub
+from bench.transports import Clients as TransportClients
 from pscluster.client import tune_allocator
 
 IMPLEMENTATIONS = ("raw", "naive", "project")
+CEILINGS = ("frames", "stub")
 
 
 # --- the project's shard, as a helper process ---------------------------------------------------
@@ -160,16 +173,20 @@ def contenders(impls: Sequence[str], params: int, workers: int) -> Iterator[dict
     with contextlib.ExitStack() as stack:
         running: dict[str, Timed] = {}
         for impl in impls:
-            helper = stack.enter_context(
-                Helper(
-                    [
-                        *("-m", "bench.roundtrip", "serve", impl),
-                        *("--params", str(params), "--workers", str(workers)),
-                    ]
-                )
-            )
+            command = [
+                *("-m", "bench.roundtrip", "serve", impl),
+                *("--params", str(params), "--workers", str(workers)),
+            ]
+            if impl == "frames":
+                command = ["-m", "bench.transports", "serve", "frames", str(params)]
+            helper = stack.enter_context(Helper(command))
             contender: Any
-            if impl == "raw":
+            if impl == "frames":
+                contender = OnLoop(
+                    TransportClients("frames", helper.address, params, workers),
+                    uvloop.new_event_loop(),
+                )
+            elif impl == "raw":
                 contender = RawClients(helper.address, params, workers)
             elif impl == "naive":
                 # The default asyncio loop, like the naive server's.
@@ -224,6 +241,9 @@ def bench(
                 row[f"{impl}_mbps"] = row[f"{impl}_rts"] * megabytes
                 row[f"{impl}_repeats"] = rates
                 row[f"{impl}_cpu_us"] = statistics.median(cpu) * 1e6
+            for ceiling in CEILINGS:
+                if ceiling in impls and "raw" in impls:
+                    row[f"{ceiling}_vs_raw"] = row[f"{ceiling}_rts"] / row["raw_rts"]
             if "project" in impls:
                 for base in ("raw", "naive"):
                     if base in impls:
@@ -245,6 +265,8 @@ def columns(impls: Sequence[str]) -> list[Column]:
         cols.append(Column(f"{impl}_rts", f"{impl} rt/s", "{:.1f}"))
         cols.append(Column(f"{impl}_mbps", f"{impl} MB/s", "{:.0f}"))
         cols.append(Column(f"{impl}_cpu_us", f"{impl} CPU us/rt", "{:.0f}"))
+    if "raw" in impls:
+        cols += [Column(f"{c}_vs_raw", f"{c}/raw", "{:.2f}") for c in CEILINGS if c in impls]
     if "project" in impls:
         cols += [
             Column(f"vs_{b}", f"project/{b}", "{:.2f}") for b in ("raw", "naive") if b in impls
@@ -262,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="(internal) run one server as a helper process")
-    serve.add_argument("impl", choices=IMPLEMENTATIONS)
+    serve.add_argument("impl", choices=(*IMPLEMENTATIONS, "stub"))
     serve.add_argument("--params", type=int, required=True)
     serve.add_argument("--workers", type=int, default=1)
     parser.add_argument("--params", type=counts, default="1e5,1e6,1e7", help="P values")
@@ -279,11 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_raw(args.params)
         elif args.impl == "naive":
             serve_naive(args.params, args.workers)
+        elif args.impl == "stub":
+            serve_stub(args.params, args.workers)
         else:
             serve_project(args.params, args.workers)
         return 0
     impls = [i for i in args.impls.split(",") if i]
-    unknown = set(impls) - set(IMPLEMENTATIONS)
+    unknown = set(impls) - {*IMPLEMENTATIONS, *CEILINGS}
     if unknown:
         parser.error(f"unknown implementations {sorted(unknown)}")
     print(format_table([], columns(impls)), flush=True)

@@ -60,6 +60,19 @@ def test_roundtrip_bench(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_roundtrip_bench_ceilings(tmp_path: Path) -> None:
+    """The transport alone and the protocol without shard work, beside the project."""
+    args = ("--params", "2e4", "--workers", "2", "--repeats", "1", "--min-time", "0.02")
+    impls = ("raw", "frames", "stub", "project")
+    stdout, figures = run_bench("roundtrip", *args, "--impls", ",".join(impls), tmp_path=tmp_path)
+    for title in ("frames rt/s", "stub CPU us/rt", "frames/raw", "stub/raw", "project/raw"):
+        assert title in stdout
+    (row,) = figures["rows"]
+    assert_numbers(row, [f"{i}_{u}" for i in impls for u in ("rts", "cpu_us")])
+    assert_numbers(row, ["frames_vs_raw", "stub_vs_raw", "vs_raw", "cpu_ratio"])
+
+
+@pytest.mark.timeout(120)
 def test_transports_bench(tmp_path: Path) -> None:
     args = ("--params", "1e2", "--workers", "2", "--repeats", "1", "--min-time", "0.02")
     stdout, figures = run_bench("transports", *args, tmp_path=tmp_path)
