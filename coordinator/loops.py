@@ -141,7 +141,13 @@ async def monitor_loop(app: web.Application) -> AsyncIterator[None]:
             step = coordinator.global_step
             maybe_kill(settings, step)
             due = step >= coordinator.last_eval_step + settings.eval_every
-            final = step >= coordinator.job.steps and coordinator.all_shards_known
+            # Done once every shard has reported too: a restarted coordinator knows the shards'
+            # versions from their announcements before its first poll of their state.
+            final = (
+                step >= coordinator.job.steps
+                and coordinator.all_shards_known
+                and coordinator.all_shards_reported
+            )
             if coordinator.finished is None and coordinator.all_shards_known and (due or final):
                 try:
                     await evaluate(app)

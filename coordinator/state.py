@@ -134,6 +134,12 @@ class Coordinator:
     def all_shards_known(self) -> bool:
         return all(self.shard_urls)
 
+    @property
+    def all_shards_reported(self) -> bool:
+        """Every shard's ``/state`` polled since it (or this coordinator) last started: what
+        ``/status`` says of the shards at the end (rewinds, restores) is theirs, not empty."""
+        return all(state.get("ready") for state in self.shard_states)
+
     def register_worker(self, worker_id: str, preferred_rank: int | None = None) -> Registration:
         if not self.all_shards_known:
             raise ProtocolError(ErrorCode.NOT_READY, "waiting for shards to register", 503)
