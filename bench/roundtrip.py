@@ -175,12 +175,13 @@ def contenders(impls: Sequence[str], params: int, workers: int) -> Iterator[dict
     with contextlib.ExitStack() as stack:
         running: dict[str, Timed] = {}
         for impl in impls:
-            command = [
-                *("-m", "bench.roundtrip", "serve", impl),
-                *("--params", str(params), "--workers", str(workers)),
-            ]
-            if impl == "frames":
+            if impl == "frames":  # bench.transports' echo server
                 command = ["-m", "bench.transports", "serve", "frames", str(params)]
+            else:
+                command = [
+                    *("-m", "bench.roundtrip", "serve", impl),
+                    *("--params", str(params), "--workers", str(workers)),
+                ]
             helper = stack.enter_context(Helper(command))
             contender: Any
             if impl == "frames":

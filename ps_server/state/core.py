@@ -76,10 +76,6 @@ class ShardCore:
         self._snapshot: Snapshot | None = None
         self._sizes = {key: p.size for key, p in params.items()}
         self._wire = WIRE_DTYPES[job.wire_dtype.value]  # the job's wire dtype, looked up once
-        # The job's deadline (None, "auto" or seconds) and the gradients a step needs to close
-        # at it: read on every sync push, parsed once (the job's properties parse per call).
-        self._deadline_setting = job.deadline_value
-        self._min_gradients = job.min_gradients_value
         self._elements = sum(self._sizes.values())
         self.stopping = False
         self._running: set[asyncio.Task[Any]] = set()  # locked work, kept alive if its caller goes

@@ -89,7 +89,7 @@ class SyncGathering(Updates):
         first = self._first_arrivals.get(base_version)
         if first is not None and in_phase(self._sent.get(worker), base_version, first):
             self._offsets.append(now - first)
-        if self._deadline_setting is not None and self._contributors and not self.done:
+        if self.job.deadline_value is not None and self._contributors and not self.done:
             self._rejoining.add(worker)
         else:
             self._sent[worker] = (self.version, now)
@@ -105,7 +105,7 @@ class SyncGathering(Updates):
     def _measure_duration(self, worker: str, base_version: int, now: float) -> None:
         """How long the worker took from this shard's reply to this push, if it computed on
         that reply's version. Only a deadline reads it: nothing is kept per push without one."""
-        if self._deadline_setting is None:
+        if self.job.deadline_value is None:
             return
         sent = self._sent.get(worker)
         if sent is not None and sent[0] == base_version:
@@ -117,7 +117,7 @@ class SyncGathering(Updates):
         return step_may_close(
             contributions=contributions,
             required=self.required,
-            min_gradients=self._min_gradients,
+            min_gradients=self.job.min_gradients_value,
             elapsed_s=time.perf_counter() - self._round_started,
             deadline_s=deadline,
             # Counted only where a deadline reads it: a walk over the members per push.
@@ -149,7 +149,7 @@ class SyncGathering(Updates):
         self._first_arrivals[self.version] = now
         while len(self._first_arrivals) > FIRST_ARRIVALS_KEPT:
             del self._first_arrivals[min(self._first_arrivals)]
-        setting = self._deadline_setting
+        setting = self.job.deadline_value
         deadline = auto_deadline(list(self._offsets)) if setting == "auto" else setting
         assert deadline is None or isinstance(deadline, float)
         self._step_deadline = deadline

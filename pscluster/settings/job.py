@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -207,12 +208,13 @@ class JobConfig(BaseModel):
     def hidden_sizes(self) -> tuple[int, ...]:
         return parse_hidden(self.hidden)
 
-    @property
+    # Cached: a shard reads both on every sync push (the settings are frozen).
+    @cached_property
     def deadline_value(self) -> float | str | None:
         """None (no deadline), "auto", or a fixed number of seconds."""
         return parse_deadline(self.deadline)
 
-    @property
+    @cached_property
     def min_gradients_value(self) -> int:
         """Gradients a sync step needs to close at its deadline: ceil(N / 2) unless set."""
         if self.min_gradients is not None:
